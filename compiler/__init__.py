@@ -1,0 +1,1 @@
+"""The nncc compiler: graph IR, op registry, passes, lowering and C emission."""

@@ -1,0 +1,117 @@
+"""The NumPy reference interpreter: runs the same IR the compiler lowers, in float64.
+
+It is the oracle for every test: forward, the derived backward graph and the optimizer
+update all run node by node through each op's `reference` function.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import FeedError
+from .init import initial_value
+from .ir import BACKWARD, BATCH, FORWARD
+from .ops import get_op
+from .optimizers import SGD
+from .passes import build_eval_graph, build_train_graph
+
+
+class Context:
+    """What an op's reference function may read: feeds, params, run-time state."""
+
+    def __init__(self, interp, feeds, n):
+        self.interp, self.feeds, self.n = interp, feeds, n
+        self.lr = interp.lr
+
+    def feed(self, name):
+        return self.feeds[name]
+
+    def param(self, name):
+        return self.interp.state[name]
+
+    def concrete(self, shape):
+        return tuple(self.n if d == BATCH else d for d in shape)
+
+    def check_labels(self, node, labels, classes):
+        bad = np.flatnonzero((labels < 0) | (labels >= classes))
+        if bad.size:
+            i = int(bad[0])
+            raise FeedError(f"label {int(labels[i])} at row {i} is outside [0, {classes}) "
+                            f"(node {node.name!r})", feed=node.inputs[1])
+
+
+class Interpreter:
+    """Reference execution of a user graph.
+
+    >>> ref = Interpreter(graph, loss="loss", optimizer=nncc.SGD(lr=0.1), seed=0)
+    >>> ref.step(x=X, y=Y)      # float loss before the update; params updated in float64
+    >>> ref.gradients(x=X, y=Y) # d loss / d param, no update
+    >>> ref.predict(x=X)        # outputs
+    """
+
+    def __init__(self, graph, loss="loss", outputs=None, optimizer=None, seed=0):
+        self.optimizer = optimizer or SGD(lr=0.01)
+        self.train_graph = build_train_graph(graph, loss, outputs, self.optimizer)
+        self.eval_graph = build_eval_graph(graph, self.train_graph.outputs)
+        self.lr = self.optimizer.lr
+        g = self.train_graph
+        self.state = {name: initial_value(g[name], seed).astype(np.float64)
+                      for name in (*g.params, *g.state)}
+
+    @property
+    def params(self):
+        return {p: self.state[p] for p in self.train_graph.params}
+
+    def state_dict(self):
+        return {k: v.copy() for k, v in self.state.items()}
+
+    def load_state_dict(self, values):
+        for k, v in values.items():
+            if k in self.state:
+                self.state[k] = np.array(v, dtype=np.float64)
+
+    def run(self, graph, feeds, phases=None):
+        """Evaluate every node of `graph` (restricted to `phases`); returns name -> value."""
+        feeds = self._feeds(graph, feeds)
+        n = next((len(v) for v in feeds.values()), 0)
+        ctx = Context(self, feeds, n)
+        values = {}
+        for node in graph:
+            if phases is not None and node.phase not in phases:
+                continue
+            opdef = get_op(node.op)
+            value = opdef.reference(ctx, node, *(values[i] for i in node.inputs))
+            values[node.name] = np.asarray(value, dtype=np.int64 if node.dtype == "int32" else np.float64)
+        return values
+
+    def forward(self, **feeds):
+        """Every forward node's value, in train mode."""
+        return self.run(self.train_graph, feeds, phases=(FORWARD,))
+
+    def gradients(self, **feeds):
+        values = self.run(self.train_graph, feeds, phases=(FORWARD, BACKWARD))
+        return {p: values[g] for p, g in self.train_graph.grads.items()}
+
+    def step(self, **feeds):
+        """Forward, backward and the optimizer update; returns the loss before the update."""
+        values = self.run(self.train_graph, feeds)
+        for node in self.train_graph:
+            if "writes" in node.attrs:
+                self.state[node.attrs["writes"]] = values[node.name]
+        return float(values[self.train_graph.loss])
+
+    def predict(self, **feeds):
+        values = self.run(self.eval_graph, feeds)
+        return {name: values[name] for name in self.eval_graph.outputs}
+
+    def _feeds(self, graph, feeds):
+        out = {}
+        for name in graph.inputs:
+            if name not in feeds:
+                raise FeedError("missing", feed=name)
+            node = graph[name]
+            value = np.asarray(feeds[name])
+            if value.shape[1:] != node.shape[1:] or value.ndim != len(node.shape):
+                raise FeedError(f"expected shape (n, {', '.join(map(str, node.shape[1:]))}), got {value.shape}",
+                                feed=name)
+            out[name] = value.astype(np.int64 if node.dtype == "int32" else np.float64)
+        return out

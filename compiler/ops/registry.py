@@ -1,0 +1,116 @@
+"""The op registry: one `OpDef` holds everything nncc knows about an op.
+
+Nothing outside the op definitions branches on an op's name: passes ask the OpDef.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import GraphError, ShapeError
+from ..ir import BATCH
+
+REQUIRED = object()  # marks an attribute without a default
+
+# Op kinds, which decide how an op is lowered and fused.
+SOURCE = "source"            # input / param / constant: no computation of its own
+ELEMENTWISE = "elementwise"  # one C expression per output element, NumPy broadcasting
+KERNEL = "kernel"            # a hand-written C routine (matmul, softmax, losses)
+REDUCE = "reduce"            # an elementwise loop accumulating into a smaller output (sum_to)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything about one op.
+
+    shape(node, in_shapes) -> output shape; raise via `shape_error`.
+    reference(ctx, node, *inputs) -> float64 (or int) ndarray: the NumPy oracle.
+    grad(b, node, gy) -> one gradient node name (or None) per input, built from other
+        registered ops through the autodiff builder `b`. None means "not differentiable".
+    c_expr: for ELEMENTWISE ops, a C expression; `{0}`, `{1}` are the input values and
+        `{attr}` an attribute formatted as a float literal. `n` is the batch size and
+        names in `runtime` (e.g. `lr`) are run-time scalars.
+    c_call(ctx) -> C statement(s) for KERNEL ops; see lower.KernelCall for ctx fields.
+    library: kernels/<library>.c.j2 holding the routine a KERNEL op calls.
+    samples(rng) -> list of (inputs, attrs) used by the registry-generated tests.
+    """
+
+    name: str
+    arity: int
+    kind: str
+    shape: Callable
+    reference: Callable
+    attrs: dict = field(default_factory=dict)
+    dtype: Callable | str = "float32"
+    grad: Callable | None = None
+    c_expr: str | Callable | None = None  # or node -> str when attributes choose it
+    c_call: Callable | None = None
+    library: str | None = None
+    int_inputs: tuple = ()  # input slots that take int32 (class labels); the rest take float32
+    can_fail: bool = False  # the C routine returns nonzero on bad values (e.g. labels)
+    runtime: tuple = ()     # run-time scalars the C code reads (e.g. "lr")
+    samples: Callable | None = None
+    doc: str = ""
+
+    def expression(self, node) -> str:
+        return self.c_expr(node) if callable(self.c_expr) else self.c_expr
+
+    def output_dtype(self, node, in_dtypes):
+        return self.dtype(node, in_dtypes) if callable(self.dtype) else self.dtype
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def register(opdef: OpDef) -> OpDef:
+    if opdef.name in REGISTRY:
+        raise ValueError(f"op {opdef.name!r} registered twice")
+    REGISTRY[opdef.name] = opdef
+    return opdef
+
+
+def get_op(name, node=None) -> OpDef:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(n for n in REGISTRY if not n.endswith("_grad")))
+        raise GraphError(f"unknown op {name!r} (known ops: {known})", node=node) from None
+
+
+def shape_error(node, message, *shapes):
+    shown = " and ".join(format_shape(s) for s in shapes)
+    raise ShapeError(f"{message}" + (f" (got {shown})" if shapes else ""), node=node.name)
+
+
+def format_shape(shape):
+    return "(" + ", ".join("batch" if d == BATCH else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def broadcast_shapes(node, *shapes):
+    """NumPy broadcasting over static dims and the batch symbol."""
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    out = []
+    for dims in zip(*padded):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            shape_error(node, "shapes do not broadcast", *shapes)
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def same_shape(node, shapes):
+    return shapes[0]
+
+
+def float_literal(value) -> str:
+    """A C float literal that round-trips the float32 value exactly."""
+    import numpy as np
+
+    v = np.float32(value)
+    if np.isnan(v):
+        return "NAN"
+    if np.isinf(v):
+        return "INFINITY" if v > 0 else "(-INFINITY)"
+    text = np.format_float_scientific(v, unique=True)  # shortest repr that round-trips
+    return f"{text}f" if v >= 0 else f"({text}f)"

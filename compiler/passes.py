@@ -1,0 +1,86 @@
+"""Graph-to-graph passes and the pipeline that runs them, in one flat list.
+
+Each pass is a pure function Graph -> Graph. `check=True` re-validates after each pass and
+asserts the reference interpreter gives the same numbers before and after it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .autodiff import differentiate
+from .ir import Graph
+from .load import infer_shapes, load, validate_training
+from .ops import SOURCE, get_op
+from .optimizers import append_update
+
+
+def roots(graph: Graph):
+    """What a train program must compute: the loss, the outputs, grads and every in-place write."""
+    keep = [graph.loss, *graph.outputs, *graph.grads.values()]
+    keep += [n.name for n in graph if "writes" in n.attrs]
+    return [k for k in keep if k is not None]
+
+
+def eliminate_common_subexpressions(graph: Graph) -> Graph:
+    """Merge nodes computing the same op of the same inputs with the same attributes."""
+    seen, rename, nodes = {}, {}, []
+    protected = {graph.loss, *graph.outputs}  # names the user reads keep their node
+    for node in graph:
+        node = node.replace(inputs=tuple(rename.get(i, i) for i in node.inputs))
+        if get_op(node.op).kind == SOURCE or "writes" in node.attrs or node.name in protected:
+            nodes.append(node)
+            continue
+        key = (node.op, node.inputs, tuple(sorted((k, repr(v)) for k, v in node.attrs.items())))
+        if key in seen:
+            rename[node.name] = seen[key]
+        else:
+            seen[key] = node.name
+            nodes.append(node)
+    grads = {p: rename.get(g, g) for p, g in graph.grads.items()}
+    return graph.with_nodes(nodes).replace(grads=grads)
+
+
+def eliminate_dead_code(graph: Graph) -> Graph:
+    """Drop nodes no root depends on (params, inputs and state are kept: they are the interface)."""
+    live = graph.ancestors(roots(graph)) | set(graph.params) | set(graph.inputs) | set(graph.state)
+    return graph.with_nodes(n for n in graph if n.name in live)
+
+
+@dataclass
+class Pipeline:
+    """Runs the passes in order, timing each; keeps each stage's graph when asked to."""
+
+    timings: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)
+    keep_stages: bool = False
+
+    def run(self, name, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        if self.keep_stages:
+            self.stages.append((name, result))
+        return result
+
+
+def build_train_graph(user_graph, loss, outputs, optimizer, pipeline=None) -> Graph:
+    """load -> shapes -> validate -> autodiff -> optimizer update -> CSE -> DCE."""
+    p = pipeline or Pipeline()
+    g = p.run("load", load, user_graph, loss, outputs)
+    g = p.run("infer shapes", infer_shapes, g)
+    g = p.run("validate", validate_training, g)
+    g = p.run("autodiff", differentiate, g)
+    g = p.run("optimizer update", append_update, g, optimizer)
+    g = p.run("cse", eliminate_common_subexpressions, g)
+    g = p.run("dce", eliminate_dead_code, g)
+    return g
+
+
+def build_eval_graph(user_graph, outputs, pipeline=None) -> Graph:
+    """The forward graph in eval mode, pruned to what the outputs need."""
+    p = pipeline or Pipeline()
+    g = p.run("load", load, user_graph, None, outputs)
+    g = p.run("infer shapes", infer_shapes, g)
+    live = g.ancestors(g.outputs) | set(g.params) | set(g.state)
+    return g.with_nodes(n for n in g if n.name in live).replace(inputs=tuple(i for i in g.inputs if i in live))
