@@ -55,13 +55,14 @@ _binary("mul", "{0} * {1}", lambda ctx, n, a, b: a * b,
 _unary("neg", "-{0}", lambda ctx, n, x: -x, grad=lambda b, node, gy: [b.op("neg", gy)])
 
 # -- activations: forward and the companion gradient op -----------------------------------
-# relu(x) = 0 where x < 0, else x (NaN passes through, as in torch); its gradient is taken
-# as 0 at x == 0, as torch does.
+# relu(x) = 0 where x < 0, else x (NaN passes through, as in torch). Its gradient reads the
+# output y (y > 0 exactly where x > 0), so x need not be kept for the backward pass and the
+# op producing x fuses with relu. The gradient at x == 0 is 0, as in torch.
 
 _unary("relu", "({0} < 0.0f ? 0.0f : {0})", lambda ctx, n, x: np.where(x < 0, 0.0, x),
-       grad=lambda b, node, gy: [b.op("relu_grad", gy, node.inputs[0])])
-_binary("relu_grad", "({1} > 0.0f ? {0} : 0.0f)", lambda ctx, n, gy, x: np.where(x > 0, gy, 0.0),
-        doc="gy where x > 0, else 0", samples=_grad_unary_samples)
+       grad=lambda b, node, gy: [b.op("relu_grad", gy, node.name)])
+_binary("relu_grad", "({1} > 0.0f ? {0} : 0.0f)", lambda ctx, n, gy, y: np.where(y > 0, gy, 0.0),
+        doc="gy where y = relu(x) > 0, else 0", samples=_grad_unary_samples)
 
 _unary("leaky_relu", "({0} > 0.0f ? {0} : {alpha} * {0})",
        lambda ctx, n, x: np.where(x > 0, x, n.attrs["alpha"] * x),

@@ -1,0 +1,122 @@
+"""C emission: the program is printed through Jinja2 templates (StrictUndefined).
+
+Python has decided everything by now (kernels, loops, offsets); templates only loop.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+
+from .ir import numel
+from .lower import dim
+from .ops import get_op
+from .program import Entry, Program, row_size
+
+PRELUDE_LIBRARIES = ("vmath",)  # always included: elementwise expressions call into it
+
+
+def _environment():
+    root = resources.files("nncc.templates")
+    loader = jinja2.FileSystemLoader(str(root))
+    return jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True)
+
+
+ENV = _environment()
+
+
+@dataclass(frozen=True)
+class CSource:
+    source: str     # the .c file
+    header: str     # the .h file
+    cdef: str       # the declarations cffi reads (the header without preprocessor lines)
+
+
+def _params(kernel):
+    """A loop kernel's C parameters: read buffers const, the written one not, no duplicates."""
+    out_ptrs = {op.pointer for op, _ in kernel.stores}
+    params = [("float", r) for r in kernel.runtime]
+    for op, _ in kernel.inputs:
+        if op.pointer in out_ptrs:  # read and written in place: one non-const parameter
+            params.append(("float *restrict", op.pointer))
+        else:
+            params.append(("const float *restrict", op.pointer))
+    seen = {p for _, p in params}
+    params += [("float *restrict", op.pointer) for op, _ in kernel.stores if op.pointer not in seen]
+    return params
+
+
+def _entry_view(entry: Entry, program: Program):
+    g = entry.graph
+    feeds = [{"name": f, "pointer": entry.pointers[f], "ctype": "int32_t" if g[f].dtype == "int32" else "float",
+              "row": row_size(g, f)} for f in entry.feeds]
+    buffers = [{"pointer": entry.pointers[b.node], "offset": b.offset, "kind": b.kind,
+                "shape": "[" + ", ".join(dim(d) for d in g[b.node].shape) + "]", "node": b.node}
+               for b in entry.used_buffers()]
+    steps, error_code = [], 0
+    for kernel in entry.kernels:
+        step = {"comment": kernel.comment}
+        if kernel.is_loop:
+            args = ["n"] + [p for _, p in _params(kernel)]
+            step["statement"] = f"{kernel.name}({', '.join(args)});"
+        elif kernel.can_fail:
+            error_code += 1
+            step["statement"] = (f"if ((bad = {kernel.call}) != 0) {{ rt->error_index = bad - 1; "
+                                 f"return {error_code}; }}")
+        else:
+            step["statement"] = f"{kernel.call};"
+        steps.append(step)
+    outputs = [{"name": o, "pointer": entry.pointers[o], "row": row_size(g, o)} for o in program.outputs]
+    return {"name": entry.name, "feeds": feeds, "buffers": buffers, "steps": steps,
+            "can_fail": error_code > 0, "outputs": outputs,
+            "runtime": sorted({r for k in entry.kernels for r in k.runtime})}
+
+
+def _loop_view(kernel):
+    return {"name": kernel.name, "comment": kernel.comment, "params": _params(kernel),
+            "loops": kernel.loops, "inputs": kernel.inputs, "body": kernel.body,
+            "stores": kernel.stores, "accumulate": kernel.accumulate,
+            "out_numel": None, "uses_n": _uses_n(kernel)}
+
+
+def _uses_n(kernel):
+    text = " ".join([*(lp.extent for lp in kernel.loops), *(e for _, e in kernel.body),
+                     *(op.index for op, _ in kernel.inputs), *(op.index for op, _ in kernel.stores)])
+    return re.search(r"\bn\b", text) is not None
+
+
+def emit(program: Program, model_name="model") -> CSource:
+    libraries = list(PRELUDE_LIBRARIES)
+    for entry in (program.train, program.eval):
+        for kernel in entry.kernels:
+            lib = None if kernel.is_loop else get_op(entry.graph[kernel.nodes[0]].op).library
+            if lib and lib not in libraries:
+                libraries.append(lib)
+    loops = []
+    for entry in (program.train, program.eval):
+        for kernel in entry.kernels:
+            if kernel.is_loop:
+                view = _loop_view(kernel)
+                if kernel.accumulate:
+                    view["out_numel"] = str(numel(entry.graph[kernel.writes[0]].shape))
+                loops.append(view)
+    context = {
+        "model": model_name,
+        "guard": "NNCC_" + "".join(c if c.isalnum() else "_" for c in model_name.upper()) + "_H",
+        "capacity": program.capacity,
+        "arena_floats": program.arena_floats,
+        "libraries": libraries,
+        "loop_kernels": loops,
+        "train": _entry_view(program.train, program),
+        "eval": _entry_view(program.eval, program),
+        "loss_pointer": program.train.pointers[program.loss],
+    }
+    declarations = ENV.get_template("declarations.h.j2").render(context)
+    header = ENV.get_template("module.h.j2").render(context, declarations=declarations)
+    source = ENV.get_template("module.c.j2").render(context, header_name=f"{model_name}.h",
+                                                    declarations=declarations)
+    return CSource(source=source, header=header, cdef=declarations)
+

@@ -1,0 +1,228 @@
+"""Lowering: a graph becomes an ordered list of kernels over named buffers.
+
+A kernel is either a generated loop nest (a fused group of elementwise ops, possibly ending
+in a reduction) or a call of a hand-written C routine (matmul, softmax, losses). Python
+decides everything here; the templates only print it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .fusion import fuse_elementwise, is_inlined_constant, iteration_shape
+from .ir import BATCH, Graph, numel
+from .ops import KERNEL, REDUCE, SOURCE, get_op
+from .ops.registry import float_literal
+
+
+def c_name(name: str) -> str:
+    """A C identifier for a node name: 'dmm1/matmul#2' -> 'dmm1_matmul_2'."""
+    ident = re.sub(r"[^0-9a-zA-Z_]", "_", name).strip("_") or "t"
+    ident = re.sub(r"_+", "_", ident)
+    return ident if not ident[0].isdigit() else "t" + ident
+
+
+def dim(d) -> str:
+    return "n" if d == BATCH else str(d)
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A buffer a loop reads or writes, with its index expression."""
+
+    node: str
+    pointer: str
+    index: str
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One loop of a nest: variable and extent (a C expression)."""
+
+    var: str
+    extent: str
+
+
+@dataclass
+class Kernel:
+    """One step of a program. `reads`/`writes` are node names (buffers)."""
+
+    name: str
+    nodes: tuple
+    reads: tuple
+    writes: tuple
+    comment: str
+    # loop kernels
+    loops: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)   # Operands read once per iteration
+    body: list = field(default_factory=list)     # (C variable, expression) per fused node
+    stores: list = field(default_factory=list)   # (Operand, C variable)
+    accumulate: bool = False                     # a reduction: zero the output, then +=
+    runtime: tuple = ()
+    # routine calls
+    call: str | None = None
+    can_fail: bool = False
+
+    @property
+    def is_loop(self):
+        return self.call is None
+
+
+class KernelCall:
+    """What an op's `c_call` sees."""
+
+    def __init__(self, node, graph, pointer):
+        self.attrs = node.attrs
+        self.args = [pointer(i) for i in node.inputs]
+        self.in_shapes = [graph[i].shape for i in node.inputs]
+        self.out_shape = node.shape
+        self.out = pointer(node.name)
+
+    @staticmethod
+    def dims(shape):
+        return [dim(d) for d in shape]
+
+    @staticmethod
+    def numel(shape):
+        return str(numel(shape))
+
+
+PHASE_PREFIX = {"forward": "fwd", "backward": "bwd", "update": "upd"}
+
+
+def lower(graph: Graph, keep, fusion=True, prefix=None):
+    """Kernels of `graph` in execution order. `keep`: nodes that must be materialised.
+
+    Loop kernels are named <prefix>_<root node>, the prefix being the phase (fwd, bwd,
+    upd) unless given (the eval entry's are eval_*).
+    """
+    pointers = {}
+    for node in graph:  # in-place updates write their target's buffer
+        target = node.attrs.get("writes")
+        pointers[node.name] = pointers[target] if target else _unique(c_name(node.name), pointers)
+
+    def pointer(name):
+        return pointers[name]
+
+    groups = fuse_elementwise(graph, keep, enabled=fusion)
+    kernels, emitted = [], set()
+    for node in graph:
+        if get_op(node.op).kind == SOURCE:
+            continue
+        if get_op(node.op).kind == KERNEL:
+            kernels.append(_call_kernel(graph, node, pointer))
+            continue
+        group = groups.get(node.name)
+        if group is None or group.root != node.name or group in emitted:
+            continue
+        emitted.add(group)
+        kernels.append(_loop_kernel(graph, group, pointer, prefix or PHASE_PREFIX[node.phase]))
+    return kernels, pointers
+
+
+def _unique(name, taken):
+    used = set(taken.values())
+    candidate, k = name, 1
+    while candidate in used or candidate in ("n", "lr", "rt", "arena", "i", "bad"):
+        k += 1
+        candidate = f"{name}_{k}"
+    return candidate
+
+
+def _call_kernel(graph, node, pointer):
+    opdef = get_op(node.op)
+    call = opdef.c_call(KernelCall(node, graph, pointer))
+    return Kernel(name=f"{node.op}:{node.name}", nodes=(node.name,), reads=tuple(node.inputs),
+                  writes=(node.name,), call=call, can_fail=opdef.can_fail,
+                  comment=f"{node.name} = {node.op}({', '.join(node.inputs)})  {_shape_text(node.shape)}")
+
+
+def _shape_text(shape):
+    return "[" + ", ".join(dim(d) for d in shape) + "]"
+
+
+def _loop_kernel(graph, group, pointer, prefix):
+    members = set(group.nodes)
+    root = graph[group.root]
+    shape = iteration_shape(graph, root)
+    reads = []
+    for name in group.nodes:
+        for src in graph[name].inputs:
+            if src not in members and src not in reads and not is_inlined_constant(graph[src]):
+                reads.append(src)
+    patterns = [_pattern(shape, graph[r].shape) for r in reads] + [_pattern(shape, root.shape)]
+    extents = _collapse(shape, patterns)
+    loops = [Loop(f"i{k}", ext) for k, (ext, _) in enumerate(extents)]
+
+    def index_of(node_shape):
+        pattern = _pattern(shape, node_shape)
+        strides, terms = "1", []
+        for k in reversed(range(len(extents))):
+            ext, dims_k = extents[k]
+            if all(pattern[d] for d in dims_k):
+                terms.append(loops[k].var if strides == "1" else f"{loops[k].var} * {strides}")
+                strides = ext if strides == "1" else f"{strides} * {ext}"
+        return " + ".join(reversed(terms)) or "0"
+
+    values, body, runtime = {}, [], set()
+    inputs = []
+    for r in reads:
+        var = f"x{len(inputs)}"
+        inputs.append((Operand(r, pointer(r), index_of(graph[r].shape)), var))
+        values[r] = var
+    for name in group.nodes:
+        node = graph[name]
+        opdef = get_op(node.op)
+        args = [values.get(src) or _constant(graph[src]) for src in node.inputs]
+        fields = {k: float_literal(v) for k, v in node.attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        fields.update({f"numel{i}": str(numel(graph[src].shape)) for i, src in enumerate(node.inputs)})
+        expr = opdef.expression(node).format(*args, **fields)
+        var = f"v_{c_name(name)}"
+        body.append((var, expr))
+        values[name] = var
+        runtime.update(opdef.runtime)
+    store = Operand(root.name, pointer(root.name), index_of(root.shape))
+    accumulate = get_op(root.op).kind == REDUCE
+    target = root.attrs.get("writes")
+    name = f"update_{c_name(target)}" if target else f"{prefix}_{c_name(root.name)}"
+    comment = _expression_text(graph, root.name, members)
+    return Kernel(name=name, nodes=group.nodes, reads=tuple(reads),
+                  writes=(root.name,), loops=loops, inputs=inputs, body=body,
+                  stores=[(store, values[root.name])], accumulate=accumulate,
+                  runtime=tuple(sorted(runtime)),
+                  comment=f"{target or root.name} = {comment}  {_shape_text(root.shape)}"
+                          + (f" summed from {_shape_text(shape)}" if accumulate else ""))
+
+
+def _expression_text(graph, name, members):
+    """'relu(add(mm0, b0))': what a fused loop computes, for its comment."""
+    node = graph[name]
+    args = [_expression_text(graph, src, members) if src in members else src for src in node.inputs]
+    return f"{node.op}({', '.join(args)})"
+
+
+def _constant(node):
+    return float_literal(node.attrs["value"])
+
+
+def _pattern(shape, operand_shape):
+    """Per dim of the iteration shape: does the operand vary along it (True) or broadcast."""
+    pad = len(shape) - len(operand_shape)
+    return [i >= pad and operand_shape[i - pad] != 1 and shape[i] != 1 for i in range(len(shape))]
+
+
+def _collapse(shape, patterns):
+    """Merge adjacent dims every operand treats alike; returns [(extent, dims)]."""
+    merged = []
+    for d in range(len(shape)):
+        if merged and all(p[d] == p[merged[-1][1][-1]] for p in patterns):
+            ext, dims = merged[-1]
+            merged[-1] = (ext, dims + [d])
+        else:
+            merged.append((None, [d]))
+    out = []
+    for _, dims in merged:
+        parts = [dim(shape[d]) for d in dims if shape[d] != 1] or ["1"]
+        out.append((" * ".join(parts), dims))
+    return out

@@ -1,0 +1,128 @@
+"""Build the emitted C into a shared library, through a content-addressed cache.
+
+The key hashes everything that shapes the library: the C source and header, the compiler's
+identity and flags, the CPU (we build with -march=native), the platform and the nncc
+version. A hit never runs the compiler. Entries are built in a private temporary directory
+and published with an atomic rename, so concurrent builders of the same model never see a
+half-written entry and never delete one another's.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cffi import FFI
+
+from nncc.compiler.errors import BuildError
+
+FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno",
+         "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
+LIBRARY = "libmodel.so"
+
+
+def cache_dir() -> Path:
+    """$NNCC_CACHE_DIR, else $XDG_CACHE_HOME/nncc, else ~/.cache/nncc."""
+    if os.environ.get("NNCC_CACHE_DIR"):
+        return Path(os.environ["NNCC_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "nncc"
+    return Path.home() / ".cache" / "nncc"
+
+
+def compiler_command():
+    return shlex.split(os.environ.get("CC", "cc"))
+
+
+@functools.lru_cache(maxsize=None)
+def toolchain_identity(cc: tuple) -> str:
+    """The compiler's version banner and this CPU's model and flags (for -march=native)."""
+    try:
+        banner = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise BuildError(f"no working C compiler ({' '.join(cc)}): {exc}. Install gcc or set $CC.") from exc
+    cpu = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = " ".join(sorted(set(re.findall(r"^(?:model name|flags)\s*:\s*(.*)$", info, re.M))))
+    except OSError:
+        cpu = platform.processor()
+    return banner + cpu
+
+
+@dataclass
+class BuildResult:
+    library: Path
+    directory: Path
+    key: str
+    cache_hit: bool
+    seconds: float
+
+
+def cache_key(source: str, header: str) -> str:
+    from nncc import __version__
+
+    cc = tuple(compiler_command())
+    h = hashlib.sha256()
+    for part in (source, header, " ".join(cc), " ".join(FLAGS), toolchain_identity(cc),
+                 platform.platform(), platform.machine(), __version__):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def build(source: str, header: str, name="model") -> BuildResult:
+    """Return the cached library for this source, compiling it on a miss."""
+    start = time.perf_counter()
+    key = cache_key(source, header)
+    final = cache_dir() / key[:2] / key
+    library = final / LIBRARY
+    if library.exists():
+        return BuildResult(library, final, key, True, time.perf_counter() - start)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
+    try:
+        (work / f"{name}.c").write_text(source)
+        (work / f"{name}.h").write_text(header)
+        cmd = [*compiler_command(), *FLAGS, "-o", str(work / LIBRARY), str(work / f"{name}.c"), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+        if proc.returncode != 0:
+            raise BuildError(_compiler_failure(proc.stderr, source, name))
+        try:
+            os.rename(work, final)  # atomic publish; fails if another process won the race
+        except OSError:
+            if not library.exists():
+                raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(library, final, key, False, time.perf_counter() - start)
+
+
+def _compiler_failure(stderr, source, name):
+    """Name the first failing line's function (a kernel: node and template) without dumping the file."""
+    lines = source.splitlines()
+    first = re.search(rf"{re.escape(name)}\.c:(\d+):\d*:? ?(?:fatal )?error: (.*)", stderr)
+    if not first:
+        return f"internal error: the C compiler failed (please report):\n{stderr[:2000]}"
+    line_no, message = int(first.group(1)), first.group(2)
+    function = next((l for l in reversed(lines[:line_no]) if re.match(r"^(static |int |void )", l)), "?")
+    comment = next((l.strip() for l in reversed(lines[:line_no]) if l.strip().startswith("/*")), "")
+    return (f"internal error (an nncc bug, please report): the generated C failed to compile at line "
+            f"{line_no}: {message}\n  in: {function.strip()}\n  kernel: {comment}\n  source line: "
+            f"{lines[line_no - 1].strip() if line_no <= len(lines) else ''}")
+
+
+def load_library(library: Path, cdef: str):
+    ffi = FFI()
+    ffi.cdef(cdef)
+    return ffi, ffi.dlopen(str(library))

@@ -1,0 +1,73 @@
+"""nncc.compile: user graph -> passes -> C -> cached shared library -> Trainer."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nncc.compiler.emit import emit
+from nncc.compiler.optimizers import SGD
+from nncc.compiler.passes import Pipeline, build_eval_graph, build_train_graph
+from nncc.compiler.program import make_program
+
+from .build import build, load_library
+from .report import make_report
+from .trainer import Trainer
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    """Everything `compile` was given, kept so a reference run or a checkpoint can rebuild it."""
+
+    graph: object
+    loss: str
+    outputs: tuple
+    optimizer: object
+    batch_size: int
+    seed: int
+    fusion: bool
+    name: str
+
+
+def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=32, seed=0, *,
+                  fusion=True, name="model", debug_dir=None):
+    """Compile a training graph to C and return a ready `Trainer`.
+
+    graph: nx.DiGraph of ops (see README "The graph").
+    loss: name of the scalar loss node. outputs: node names `predict` returns (default: the
+    loss's non-input predecessors). optimizer: nncc.SGD(...) (default SGD(lr=0.01)).
+    batch_size: the most rows one `step` takes (fewer run without a rebuild).
+    seed: initial values of params with an `init`. fusion: fuse elementwise chains.
+    debug_dir: write every stage's graph and the C source there.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    optimizer = optimizer or SGD(lr=0.01)
+    pipeline = Pipeline(keep_stages=debug_dir is not None)
+    train = build_train_graph(graph, loss, outputs, optimizer, pipeline)
+    eval_graph = pipeline.run("eval graph", build_eval_graph, graph, train.outputs)
+    program = pipeline.run("lower + memory plan", make_program, train, eval_graph, batch_size, fusion)
+    code = pipeline.run("emit C", emit, program, name)
+    result = build(code.source, code.header, name)
+    pipeline.timings["build (cache hit)" if result.cache_hit else "build (cc)"] = result.seconds
+    start = time.perf_counter()
+    ffi, lib = load_library(result.library, code.cdef)
+    pipeline.timings["dlopen"] = time.perf_counter() - start
+    report = make_report(name, program, pipeline.timings)
+    report.cache_hit, report.cache_key, report.library = result.cache_hit, result.key, str(result.library)
+    spec = CompileSpec(graph, loss, tuple(train.outputs), optimizer, batch_size, seed, fusion, name)
+    trainer = Trainer(program, ffi, lib, spec=spec, report=report, seed=seed)
+    trainer.source, trainer.header = code.source, code.header
+    if debug_dir is not None:
+        _dump(Path(debug_dir), pipeline.stages, code, name)
+    return trainer
+
+
+def _dump(directory: Path, stages, code, name):
+    directory.mkdir(parents=True, exist_ok=True)
+    for k, (stage, value) in enumerate(stages):
+        text = "\n".join(f"{n.phase:<9}{n.name:<40}{n.op:<28}{n.inputs} {n.shape}"
+                         for n in getattr(value, "nodes", {}).values()) if hasattr(value, "nodes") else repr(value)
+        (directory / f"{k:02d}-{stage.replace(' ', '_').replace('+', 'and')}.txt").write_text(text + "\n")
+    (directory / f"{name}.c").write_text(code.source)
+    (directory / f"{name}.h").write_text(code.header)

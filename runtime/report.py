@@ -1,0 +1,70 @@
+"""What the compiler did, for people: ops, derived backward, kernels, arena, timings, cache."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from nncc.compiler.ops import SOURCE, get_op
+
+
+@dataclass
+class Report:
+    model: str
+    forward_ops: Counter
+    backward_ops: Counter
+    update_ops: Counter
+    kernels: list                 # (entry, kernel name or routine, nodes, comment)
+    arena_bytes: int
+    naive_bytes: int
+    bytes_by_kind: dict
+    timings: dict = field(default_factory=dict)
+    cache_hit: bool | None = None
+    cache_key: str = ""
+    library: str = ""
+
+    def __str__(self):
+        lines = [f"nncc: model {self.model!r}"]
+
+        def ops_line(label, counter):
+            total = sum(counter.values())
+            detail = ", ".join(f"{op} x{c}" for op, c in sorted(counter.items()))
+            lines.append(f"  {label:<17}{total:>4}  ({detail})")
+
+        ops_line("forward ops", self.forward_ops)
+        ops_line("backward derived", self.backward_ops)
+        ops_line("update ops", self.update_ops)
+        train = [k for k in self.kernels if k[0] == "train"]
+        fused = sum(1 for k in train if len(k[2]) > 1)
+        lines.append(f"  kernels          {len(train):>4} in the train step ({fused} fused), "
+                     f"{len(self.kernels) - len(train)} in eval")
+        for entry, name, nodes, _ in self.kernels:
+            if len(nodes) > 1:
+                lines.append(f"    {entry:<5} {name}: {' + '.join(nodes)}")
+        lines.append(f"  arena            {_kib(self.arena_bytes)} (naive sum of buffers {_kib(self.naive_bytes)})")
+        for kind, size in sorted(self.bytes_by_kind.items()):
+            lines.append(f"    {kind:<20}{_kib(size):>12}")
+        total = sum(self.timings.values())
+        lines.append(f"  build time       {total * 1000:8.1f} ms")
+        for stage, seconds in self.timings.items():
+            lines.append(f"    {stage:<20}{seconds * 1000:9.2f} ms")
+        if self.cache_hit is not None:
+            lines.append(f"  cache            {'hit' if self.cache_hit else 'miss (compiled)'}  {self.library}")
+        return "\n".join(lines)
+
+
+def _kib(nbytes):
+    return f"{nbytes / 1024:,.1f} KiB" if nbytes >= 1024 else f"{nbytes} B"
+
+
+def make_report(model, program, timings):
+    train = program.train.graph
+    counters = {phase: Counter() for phase in ("forward", "backward", "update")}
+    for node in train:
+        if get_op(node.op).kind != SOURCE:
+            counters[node.phase][node.op] += 1
+    kernels = [(entry.name, k.name if k.is_loop else k.call.split("(")[0], k.nodes, k.comment)
+               for entry in (program.train, program.eval) for k in entry.kernels]
+    return Report(model=model, forward_ops=counters["forward"], backward_ops=counters["backward"],
+                  update_ops=counters["update"], kernels=kernels, arena_bytes=4 * program.arena_floats,
+                  naive_bytes=4 * program.naive_floats(), bytes_by_kind=program.bytes_by_kind(),
+                  timings=dict(timings))

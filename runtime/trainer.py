@@ -1,0 +1,131 @@
+"""The Trainer: owns the arena and drives the compiled library, one C call per step."""
+from __future__ import annotations
+
+import numpy as np
+
+from nncc.compiler.errors import CheckpointError, FeedError
+from nncc.compiler.init import initial_value
+from nncc.compiler.ir import concrete
+from nncc.compiler.program import labels_feed
+
+from .feeds import gather
+
+ALIGN_BYTES = 64
+
+
+def _aligned_floats(count):
+    """A zeroed float32 array whose data starts on a 64-byte boundary."""
+    raw = np.zeros(count + ALIGN_BYTES // 4, dtype=np.float32)
+    skip = (-raw.ctypes.data % ALIGN_BYTES) // 4
+    return raw[skip:skip + count]
+
+
+class Trainer:
+    """A compiled model: `step`, `predict`, live `params`, `state_dict`.
+
+    Built by `nncc.compile`; see its docstring.
+    """
+
+    def __init__(self, program, ffi, lib, *, spec, report, seed):
+        self.program = program
+        self.spec = spec          # what compile() was given: graph, loss, outputs, optimizer...
+        self.report = report
+        self._ffi, self._lib = ffi, lib
+        self.arena = _aligned_floats(max(program.arena_floats, 1))
+        self._arena_ptr = ffi.cast("float *", self.arena.ctypes.data)
+        self._rt = ffi.new("nncc_runtime *")
+        self._rt.lr = spec.optimizer.lr
+        train = program.train
+        self.params = {p: self._view(p) for p in train.graph.params}
+        self.buffers = {s: self._view(s) for s in train.graph.state}
+        self.grads = {p: self._view(g) for p, g in train.graph.grads.items()}
+        for name in (*self.params, *self.buffers):
+            self._view(name)[...] = initial_value(train.graph[name], seed)
+
+    def _view(self, name):
+        buf = self.program.train.buffers[name]
+        shape = self.program.train.graph[name].shape
+        return self.arena[buf.offset:buf.offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+    # -- run-time state ------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step; assign to change it (no rebuild)."""
+        return float(self._rt.lr)
+
+    @lr.setter
+    def lr(self, value):
+        self._rt.lr = float(value)
+
+    @property
+    def global_step(self) -> int:
+        return int(self._rt.step)
+
+    @property
+    def batch_size(self) -> int:
+        return self.program.capacity
+
+    # -- training and inference ----------------------------------------------------------
+    def step(self, **feeds) -> float:
+        """One train step (forward, backward, update) on 1..batch_size rows; returns the loss."""
+        entry = self.program.train
+        arrays, n = gather(entry.graph, entry.feeds, feeds, "step()")
+        if not 1 <= n <= self.program.capacity:
+            raise FeedError(f"step() takes 1..{self.program.capacity} rows (the batch_size the trainer "
+                            f"was compiled for), got {n}", feed=entry.feeds[0])
+        args = [self._ffi.from_buffer(_ctype(a), a) for a in arrays]
+        code = self._lib.nncc_train_step(self._rt, self._arena_ptr, n, *args)
+        if code:
+            self._raise(entry, code, dict(zip(entry.feeds, arrays)))
+        return float(self._rt.loss)
+
+    def predict(self, **feeds) -> dict:
+        """Eval-mode outputs for any number of rows: output name -> float32 array."""
+        entry = self.program.eval
+        arrays, n = gather(entry.graph, entry.feeds, feeds, "predict()")
+        graph = entry.graph
+        outs = {o: np.empty(concrete(graph[o].shape, n), dtype=np.float32) for o in self.program.outputs}
+        args = [self._ffi.from_buffer(_ctype(a), a) for a in arrays]
+        args += [self._ffi.from_buffer("float[]", outs[o]) for o in self.program.outputs]
+        code = self._lib.nncc_eval(self._rt, self._arena_ptr, n, *args)
+        if code:
+            self._raise(entry, code, dict(zip(entry.feeds, arrays)))
+        return outs
+
+    def _raise(self, entry, code, arrays):
+        node = entry.errors[code - 1]
+        feed = labels_feed(entry.graph, node)
+        classes = entry.graph[entry.graph[node].inputs[0]].shape[-1]
+        row = int(self._rt.error_index)
+        value = arrays[feed][row] if feed in arrays and row < len(arrays[feed]) else "?"
+        raise FeedError(f"label {value} at row {row} is outside [0, {classes}) (node {node!r})", feed=feed)
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Copies of params, optimizer/running state and counters (as torch's state_dict)."""
+        out = {name: view.copy() for name, view in (*self.params.items(), *self.buffers.items())}
+        out["step"] = np.int64(self._rt.step)
+        out["lr"] = np.float32(self._rt.lr)
+        return out
+
+    def load_state_dict(self, state: dict):
+        """Restore what `state_dict` returned; every array must fit its buffer exactly."""
+        tensors = {**self.params, **self.buffers}
+        missing = [k for k in tensors if k not in state]
+        unknown = [k for k in state if k not in tensors and k not in ("step", "lr")]
+        if missing or unknown:
+            raise CheckpointError(f"state does not fit this model: missing {missing}, unexpected {unknown}")
+        for name, view in tensors.items():
+            value = np.asarray(state[name])
+            if value.shape != view.shape:
+                raise CheckpointError(f"{name!r}: shape {value.shape} in the state, {view.shape} in the model")
+        for name, view in tensors.items():
+            view[...] = state[name]
+        if "step" in state:
+            self._rt.step = int(state["step"])
+        if "lr" in state:
+            self._rt.lr = float(state["lr"])
+
+
+def _ctype(array):
+    return "int32_t[]" if array.dtype == np.int32 else "float[]"
