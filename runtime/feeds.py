@@ -33,12 +33,16 @@ def convert(node, value):
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
-def gather(graph, names, feeds, what):
-    """Checked arrays for `names` from the keyword feeds, plus their common row count."""
-    unknown = set(feeds) - set(graph.inputs)
+def gather(graph, names, feeds, what, known):
+    """Checked arrays for `names` from the keyword feeds, plus their common row count.
+
+    Feeds the model has but this call does not need (labels in predict) are ignored;
+    names the model does not have are an error (usually a typo).
+    """
+    unknown = set(feeds) - set(known)
     if unknown:
-        raise FeedError(f"{what} got unknown feed(s) {sorted(unknown)}; the graph's inputs are "
-                        f"{list(graph.inputs)}", feed=sorted(unknown)[0])
+        raise FeedError(f"{what} got unknown feed(s) {sorted(unknown)}; the model's inputs are "
+                        f"{list(known)}", feed=sorted(unknown)[0])
     arrays, rows = [], None
     for name in names:
         if name not in feeds:

@@ -69,7 +69,7 @@ class Trainer:
     def step(self, **feeds) -> float:
         """One train step (forward, backward, update) on 1..batch_size rows; returns the loss."""
         entry = self.program.train
-        arrays, n = gather(entry.graph, entry.feeds, feeds, "step()")
+        arrays, n = gather(entry.graph, entry.feeds, feeds, "step()", self.program.train.graph.inputs)
         if not 1 <= n <= self.program.capacity:
             raise FeedError(f"step() takes 1..{self.program.capacity} rows (the batch_size the trainer "
                             f"was compiled for), got {n}", feed=entry.feeds[0])
@@ -82,7 +82,7 @@ class Trainer:
     def predict(self, **feeds) -> dict:
         """Eval-mode outputs for any number of rows: output name -> float32 array."""
         entry = self.program.eval
-        arrays, n = gather(entry.graph, entry.feeds, feeds, "predict()")
+        arrays, n = gather(entry.graph, entry.feeds, feeds, "predict()", self.program.train.graph.inputs)
         graph = entry.graph
         outs = {o: np.empty(concrete(graph[o].shape, n), dtype=np.float32) for o in self.program.outputs}
         args = [self._ffi.from_buffer(_ctype(a), a) for a in arrays]
