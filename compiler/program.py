@@ -27,7 +27,7 @@ class Entry:
     def used_buffers(self):
         """Buffers this entry touches, in arena order."""
         names = {n for k in self.kernels for n in (*k.reads, *k.writes)}
-        return sorted((self.buffers[n] for n in names if n in self.buffers), key=lambda b: b.offset)
+        return sorted((self.buffers[n] for n in names if n in self.buffers), key=lambda b: (b.offset, b.node))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -45,17 +44,19 @@ def compiler_command():
 
 @functools.lru_cache(maxsize=None)
 def toolchain_identity(cc: tuple) -> str:
-    """The compiler's version banner and this CPU's model and flags (for -march=native)."""
-    try:
-        banner = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise BuildError(f"no working C compiler ({' '.join(cc)}): {exc}. Install gcc or set $CC.") from exc
-    cpu = ""
+    """The compiler binary (resolved path, size, mtime: no process is started, so a cache
+    hit runs nothing) and this CPU's model and flags (we build with -march=native)."""
+    found = shutil.which(cc[0])
+    if found is None:
+        raise BuildError(f"no C compiler found ({cc[0]!r}): install gcc or set $CC")
+    binary = os.path.realpath(found)
+    stat = os.stat(binary)
+    banner = f"{binary} {stat.st_size} {stat.st_mtime_ns}"
     try:
         info = Path("/proc/cpuinfo").read_text()
         cpu = " ".join(sorted(set(re.findall(r"^(?:model name|flags)\s*:\s*(.*)$", info, re.M))))
     except OSError:
-        cpu = platform.processor()
+        cpu = os.uname().machine
     return banner + cpu
 
 
@@ -73,8 +74,9 @@ def cache_key(source: str, header: str) -> str:
 
     cc = tuple(compiler_command())
     h = hashlib.sha256()
+    system = os.uname()  # not platform.platform(): that starts `uname -p`
     for part in (source, header, " ".join(cc), " ".join(FLAGS), toolchain_identity(cc),
-                 platform.platform(), platform.machine(), __version__):
+                 system.sysname, system.release, system.machine, __version__):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()

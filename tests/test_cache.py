@@ -1,0 +1,90 @@
+"""The build cache: a fresh process reuses the library without starting the compiler."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import json, subprocess, sys, time
+    started = []
+    real_run, real_popen = subprocess.run, subprocess.Popen
+    class Spy(real_popen):
+        def __init__(self, *args, **kwargs):
+            started.append(str(args[0]))
+            super().__init__(*args, **kwargs)
+    subprocess.Popen = Spy
+    sys.path.insert(0, {examples!r})
+    from classifier import model
+    import nncc, numpy as np
+    graph = model()
+    if {tweak!r}:
+        graph.nodes["loss"]["reduction"] = "sum"
+    t0 = time.perf_counter()
+    trainer = nncc.compile(graph, batch_size=64)
+    x = np.zeros((64, 784), np.float32); y = np.zeros(64, np.int32)
+    trainer.step(x=x, y=y)
+    print(json.dumps({{"hit": trainer.report.cache_hit, "processes": started,
+                      "seconds": time.perf_counter() - t0}}))
+""")
+
+
+def run_fresh(tmp_path, tweak=False):
+    examples = os.path.join(os.path.dirname(__file__), "..", "examples")
+    env = {**os.environ, "NNCC_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", SCRIPT.format(examples=examples, tweak=tweak)],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_hits_without_running_the_compiler(tmp_path):
+    first = run_fresh(tmp_path)
+    assert first["hit"] is False and first["processes"], "the first build must compile"
+    second = run_fresh(tmp_path)
+    assert second["hit"] is True
+    assert second["processes"] == []  # no compiler, no process of any kind
+
+
+def test_changed_attribute_misses(tmp_path):
+    run_fresh(tmp_path)
+    changed = run_fresh(tmp_path, tweak=True)
+    assert changed["hit"] is False
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    from nncc.runtime.build import cache_dir
+
+    monkeypatch.delenv("NNCC_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "nncc"
+    monkeypatch.setenv("NNCC_CACHE_DIR", str(tmp_path / "own"))
+    assert cache_dir() == tmp_path / "own"
+    monkeypatch.delenv("NNCC_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert str(cache_dir()).endswith(os.path.join(".cache", "nncc"))
+
+
+def test_concurrent_builds_of_one_model_agree(tmp_path):
+    """Several processes building the same model at once all succeed with one entry."""
+    examples = os.path.join(os.path.dirname(__file__), "..", "examples")
+    env = {**os.environ, "NNCC_CACHE_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT.format(examples=examples, tweak=False)],
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+    entries = [d for d in tmp_path.rglob("libmodel.so")]
+    assert len(entries) == 1
+    assert not [d for d in tmp_path.rglob(".*") if d.is_dir()], "temporary build dirs left behind"
+
+
+def test_compiler_failure_names_the_kernel(monkeypatch, tmp_path):
+    from nncc import BuildError
+    from nncc.runtime.build import build
+
+    monkeypatch.setenv("NNCC_CACHE_DIR", str(tmp_path))
+    source = "int ok(void) { return 0; }\n/* h1 = relu(add(mm0, b0))  [n, 16] */\nstatic void fwd_h1(void)\n{\n    undefined_thing;\n}\n"
+    with pytest.raises(BuildError, match=r"(?s)line 5.*fwd_h1.*relu\(add\(mm0, b0\)\)"):
+        build(source, "", "broken")
