@@ -15,7 +15,13 @@ from .lower import dim
 from .ops import get_op
 from .program import Entry, Program, row_size
 
-PRELUDE_LIBRARIES = ("vmath",)  # always included: elementwise expressions call into it
+PRELUDE_LIBRARIES = ("vmath", "schedule")  # always included: expressions call into them
+
+# Run-time scalars update expressions may read, and how the train step computes them.
+RUNTIME_SCALARS = {
+    "lr": ("nncc_scheduled_lr(rt)", "the scheduled learning rate of this step"),
+    "t": ("(float)(rt->step + 1)", "1-based number of this optimizer step"),
+}
 
 
 def _environment():
@@ -72,7 +78,8 @@ def _entry_view(entry: Entry, program: Program):
     outputs = [{"name": o, "pointer": entry.pointers[o], "row": row_size(g, o)} for o in program.outputs]
     return {"name": entry.name, "feeds": feeds, "buffers": buffers, "steps": steps,
             "can_fail": error_code > 0, "outputs": outputs,
-            "runtime": sorted({r for k in entry.kernels for r in k.runtime})}
+            "runtime": [{"name": r, "value": RUNTIME_SCALARS[r][0], "doc": RUNTIME_SCALARS[r][1]}
+                        for r in sorted({r for k in entry.kernels for r in k.runtime})]}
 
 
 def _loop_view(kernel):

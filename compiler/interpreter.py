@@ -12,6 +12,7 @@ from .init import initial_value
 from .ir import BACKWARD, BATCH, FORWARD
 from .ops import get_op
 from .optimizers import SGD
+from .schedules import runtime_lr
 from .passes import build_eval_graph, build_train_graph
 
 
@@ -20,7 +21,8 @@ class Context:
 
     def __init__(self, interp, feeds, n):
         self.interp, self.feeds, self.n = interp, feeds, n
-        self.lr = interp.lr
+        self.lr = interp.scheduled_lr()
+        self.t = interp.global_step + 1  # the 1-based number of the step being taken
 
     def feed(self, name):
         return self.feeds[name]
@@ -53,9 +55,14 @@ class Interpreter:
         self.train_graph = build_train_graph(graph, loss, outputs, self.optimizer)
         self.eval_graph = build_eval_graph(graph, self.train_graph.outputs)
         self.lr = self.optimizer.lr
+        self.global_step = 0
         g = self.train_graph
         self.state = {name: initial_value(g[name], seed).astype(np.float64)
                       for name in (*g.params, *g.state)}
+
+    def scheduled_lr(self):
+        """The rate of the next step: the base `lr` shaped by the optimizer's schedule."""
+        return runtime_lr(self.optimizer.schedule, self.lr, self.global_step)
 
     @property
     def params(self):
@@ -97,6 +104,7 @@ class Interpreter:
         for node in self.train_graph:
             if "writes" in node.attrs:
                 self.state[node.attrs["writes"]] = values[node.name]
+        self.global_step += 1
         return float(values[self.train_graph.loss])
 
     def predict(self, **feeds):

@@ -175,7 +175,9 @@ def _loop_kernel(graph, group, pointer, prefix):
         node = graph[name]
         opdef = get_op(node.op)
         args = [values.get(src) or _constant(graph[src]) for src in node.inputs]
-        fields = {k: float_literal(v) for k, v in node.attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {k: v for k, v in node.attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        fields = {k: float_literal(v) for k, v in numbers.items()}
+        fields.update({f"{k}_double": repr(float(v)) for k, v in numbers.items()})
         fields.update({f"numel{i}": str(numel(graph[src].shape)) for i, src in enumerate(node.inputs)})
         expr = opdef.expression(node).format(*args, **fields)
         var = f"v_{c_name(name)}"

@@ -19,6 +19,7 @@ class SGD:
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+    schedule: object = None  # an nncc.schedules object; run-time state, never rebuilds
 
     def __post_init__(self):
         if self.lr < 0 or self.momentum < 0 or self.weight_decay < 0:
@@ -54,3 +55,39 @@ def append_update(graph: Graph, optimizer) -> Graph:
     # State sources go first so the order stays topological.
     ordered = [b.nodes[s] for s in states] + [n for n in b.nodes.values() if n.name not in states]
     return graph.replace(nodes={n.name: n for n in ordered}, state=graph.state + tuple(states))
+
+
+@dataclass(frozen=True)
+class Adam:
+    """torch.optim.Adam: lr, betas, eps, weight_decay (L2 added to the gradient)."""
+
+    lr: float = 0.001
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    schedule: object = None
+    decoupled = False
+
+    def __post_init__(self):
+        if self.lr < 0 or self.eps < 0 or self.weight_decay < 0 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"{type(self).__name__} needs lr, eps, weight_decay >= 0 and 0 <= betas < 1, got {self}")
+
+    def state_buffers(self, param):
+        return ["exp_avg", "exp_avg_sq"]
+
+    def build(self, b: GradBuilder, param, grad, state):
+        hyper = dict(beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                     weight_decay=self.weight_decay, decoupled=self.decoupled)
+        m = b.op("adam_m_update", state["exp_avg"], grad, param, name=f"update({state['exp_avg']})",
+                 writes=state["exp_avg"], **hyper)
+        v = b.op("adam_v_update", state["exp_avg_sq"], grad, param, name=f"update({state['exp_avg_sq']})",
+                 writes=state["exp_avg_sq"], **hyper)
+        b.op("adam_update", param, m, v, name=f"update({param})", writes=param, **hyper)
+
+
+@dataclass(frozen=True)
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay (p <- p * (1 - lr * wd) first)."""
+
+    weight_decay: float = 0.01
+    decoupled = True

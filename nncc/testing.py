@@ -16,8 +16,9 @@ def reference_for(trainer) -> Interpreter:
     spec = trainer.spec
     ref = Interpreter(spec.graph, loss=spec.loss, outputs=list(spec.outputs), optimizer=spec.optimizer,
                       seed=spec.seed)
-    ref.load_state_dict(trainer.state_dict())
-    ref.lr = trainer.lr
+    state = trainer.state_dict()
+    ref.load_state_dict(state)
+    ref.lr, ref.global_step = float(state["lr"]), int(state["step"])
     return ref
 
 

@@ -7,6 +7,7 @@ from nncc.compiler.errors import CheckpointError, FeedError
 from nncc.compiler.init import initial_value
 from nncc.compiler.ir import concrete
 from nncc.compiler.program import labels_feed
+from nncc.compiler.schedules import runtime_fields, runtime_lr
 
 from .feeds import gather
 
@@ -35,6 +36,7 @@ class Trainer:
         self._arena_ptr = ffi.cast("float *", self.arena.ctypes.data)
         self._rt = ffi.new("nncc_runtime *")
         self._rt.lr = spec.optimizer.lr
+        self.schedule = spec.optimizer.schedule
         train = program.train
         self.params = {p: self._view(p) for p in train.graph.params}
         self.buffers = {s: self._view(s) for s in train.graph.state}
@@ -50,12 +52,24 @@ class Trainer:
     # -- run-time state ------------------------------------------------------------------
     @property
     def lr(self) -> float:
-        """The learning rate of the next step; assign to change it (no rebuild)."""
-        return float(self._rt.lr)
+        """The learning rate of the next step (the schedule applied to the base rate).
+        Assigning sets the base rate; the next step uses it, without a rebuild."""
+        return runtime_lr(self._schedule, self._rt.lr, self._rt.step)
 
     @lr.setter
     def lr(self, value):
         self._rt.lr = float(value)
+
+    @property
+    def schedule(self):
+        """The learning-rate schedule (an nncc.schedules object or None); assignable."""
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule):
+        for field, value in runtime_fields(schedule).items():
+            setattr(self._rt, field, value)
+        self._schedule = schedule
 
     @property
     def global_step(self) -> int:
@@ -105,7 +119,7 @@ class Trainer:
         """Copies of params, optimizer/running state and counters (as torch's state_dict)."""
         out = {name: view.copy() for name, view in (*self.params.items(), *self.buffers.items())}
         out["step"] = np.int64(self._rt.step)
-        out["lr"] = np.float32(self._rt.lr)
+        out["lr"] = np.float64(self._rt.lr)
         return out
 
     def load_state_dict(self, state: dict):

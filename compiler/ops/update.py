@@ -2,6 +2,8 @@
 attribute (set by the optimizer pass), which the memory plan aliases so the update is
 done in place. `lr` is run-time state, read in C from the runtime struct.
 """
+import numpy as np
+
 from .registry import ELEMENTWISE, OpDef, broadcast_shapes, register
 
 
@@ -50,4 +52,64 @@ register(OpDef(
                          if node.attrs["nesterov"] else "{0} - lr * {2}"),
     samples=_samples(3),
     doc="p - lr * v (or the Nesterov direction) given the updated momentum buffer v.",
+))
+
+
+# -- Adam / AdamW (torch.optim semantics). `t` is the 1-based number of the step being
+# taken, a run-time value; the bias corrections 1 - beta^t are computed in double as torch
+# does in Python.
+
+def _decayed_grad(node, g, p):
+    """Adam's L2 penalty enters the gradient; AdamW's decoupled decay does not."""
+    return g + node.attrs["weight_decay"] * p if not node.attrs["decoupled"] else g
+
+
+ADAM_ATTRS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "decoupled": False}
+_ADAM_GRAD = "({1} + {weight_decay} * {2})"
+
+
+def _adam_grad_expr(node):
+    return "{1}" if node.attrs["decoupled"] or not node.attrs["weight_decay"] else _ADAM_GRAD
+
+
+def _adam_samples(rng):
+    return [([rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.normal(size=(4, 3))],
+             {"weight_decay": 0.1, "decoupled": decoupled}) for decoupled in (False, True)]
+
+
+register(OpDef(
+    name="adam_m_update", arity=3, kind=ELEMENTWISE, attrs=dict(ADAM_ATTRS), shape=_same,
+    reference=lambda ctx, node, m, g, p: m + (1 - node.attrs["beta1"]) * (_decayed_grad(node, g, p) - m),
+    c_expr=lambda node: "{0} + (float)(1.0 - {beta1_double}) * (" + _adam_grad_expr(node) + " - {0})",
+    samples=_adam_samples,
+    doc="First moment m <- lerp(m, g, 1 - beta1), inputs (m, g, p).",
+))
+
+register(OpDef(
+    name="adam_v_update", arity=3, kind=ELEMENTWISE, attrs=dict(ADAM_ATTRS), shape=_same,
+    reference=lambda ctx, node, v, g, p: (node.attrs["beta2"] * v
+                                          + (1 - node.attrs["beta2"]) * _decayed_grad(node, g, p) ** 2),
+    c_expr=lambda node: ("{beta2} * {0} + (float)(1.0 - {beta2_double}) * " + _adam_grad_expr(node) + " * "
+                         + _adam_grad_expr(node)),
+    samples=_adam_samples,
+    doc="Second moment v <- beta2 * v + (1 - beta2) * g^2, inputs (v, g, p).",
+))
+
+
+def _adam_step_reference(ctx, node, p, m, v):
+    a = node.attrs
+    bc1, bc2 = 1 - a["beta1"] ** ctx.t, 1 - a["beta2"] ** ctx.t
+    if a["decoupled"]:
+        p = p * (1 - ctx.lr * a["weight_decay"])
+    return p - (ctx.lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + a["eps"])
+
+
+register(OpDef(
+    name="adam_update", arity=3, kind=ELEMENTWISE, attrs=dict(ADAM_ATTRS), shape=_same,
+    runtime=("lr", "t"), reference=_adam_step_reference,
+    c_expr=lambda node: (("{0} * (1.0f - lr * {weight_decay})" if node.attrs["decoupled"] else "{0}")
+                         + " - (lr / (float)(1.0 - pow({beta1_double}, t))) * {1}"
+                         " / (sqrtf({2}) / (float)sqrt(1.0 - pow({beta2_double}, t)) + {eps})"),
+    samples=_adam_samples,
+    doc="p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps), inputs (p, m, v).",
 ))
