@@ -3,8 +3,9 @@ from nncc.compiler.errors import BuildError, CheckpointError, FeedError, GraphEr
 from nncc import reference, schedules, testing
 from nncc.builder import GraphBuilder
 from nncc.compiler.optimizers import SGD, Adam, AdamW
+from nncc.runtime.checkpoint import load
 from nncc.runtime.compile import compile_graph as compile
 from nncc.runtime.trainer import Trainer
 
 __version__ = "0.1.0"
-__all__ = ["compile", "Trainer", "GraphBuilder", "SGD", "Adam", "AdamW", "reference", "schedules", "testing", "BuildError", "CheckpointError", "FeedError", "GraphError", "NNCCError", "ShapeError"]
+__all__ = ["compile", "load", "Trainer", "GraphBuilder", "SGD", "Adam", "AdamW", "reference", "schedules", "testing", "BuildError", "CheckpointError", "FeedError", "GraphError", "NNCCError", "ShapeError"]

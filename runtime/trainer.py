@@ -122,6 +122,12 @@ class Trainer:
         out["lr"] = np.float64(self._rt.lr)
         return out
 
+    def save(self, path):
+        """Write a checkpoint atomically (temp file + rename); `nncc.load(path)` resumes it."""
+        from .checkpoint import save
+
+        save(self, path)
+
     def load_state_dict(self, state: dict):
         """Restore what `state_dict` returned; every array must fit its buffer exactly."""
         tensors = {**self.params, **self.buffers}
