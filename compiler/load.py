@@ -26,6 +26,8 @@ def load(graph, loss=None, outputs=None) -> Graph:
     for name in graph.nodes:
         if not isinstance(name, str):
             raise GraphError(f"node names must be strings (they name feeds and params), got {name!r}")
+        if name.startswith("nncc:"):
+            raise GraphError("the prefix 'nncc:' is reserved for trainer counters in state_dict()", node=name)
     _check_acyclic(graph)
     nodes = [_load_node(graph, name) for name in nx.topological_sort(graph)]
     inputs = tuple(n.name for n in nodes if n.op == "input")

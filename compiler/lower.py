@@ -121,10 +121,31 @@ def lower(graph: Graph, keep, fusion=True, prefix=None):
     return kernels, pointers
 
 
+# Identifiers the emitted C uses besides buffer pointers: a node named like one of these
+# gets a suffix. Loop-local values are named <pointer>_ and c_name never ends in "_", so
+# those cannot clash.
+RESERVED = set("""
+    auto break case char const continue default do double else enum extern float for goto if inline
+    int long register restrict return short signed sizeof static struct switch typedef union unsigned
+    void volatile while int32_t int64_t uint32_t uint64_t size_t NULL INFINITY NAN
+    n n_total lr t rt arena bad start
+    exp expf log logf sqrt sqrtf pow powf cos cosf tanh tanhf fabs fabsf memset memcpy
+""".split())
+
+
+def _is_reserved(name):
+    return name in RESERVED or re.fullmatch(r"i\d+", name) or name.startswith("nncc")
+
+
 def _unique(name, taken):
+    """A pointer name not used yet, nor reserved; `<name>_all`/`<name>_out` (entry
+    arguments of feeds and outputs) are claimed with it."""
     used = set(taken.values())
+    used |= {f"{u}_all" for u in used} | {f"{u}_out" for u in used}
     candidate, k = name, 1
-    while candidate in used or candidate in ("n", "lr", "rt", "arena", "i", "bad"):
+    while (candidate in used or _is_reserved(candidate)
+           or any(candidate == f"{u}{s}" for u in used for s in ("_all", "_out"))
+           or f"{candidate}_all" in used or f"{candidate}_out" in used):
         k += 1
         candidate = f"{name}_{k}"
     return candidate
@@ -168,7 +189,7 @@ def _loop_kernel(graph, group, pointer, prefix):
     values, body, runtime = {}, [], set()
     inputs = []
     for r in reads:
-        var = f"x{len(inputs)}"
+        var = f"{pointer(r)}_"
         inputs.append((Operand(r, pointer(r), index_of(graph[r].shape)), var))
         values[r] = var
     for name in group.nodes:
@@ -180,7 +201,7 @@ def _loop_kernel(graph, group, pointer, prefix):
         fields.update({f"{k}_double": repr(float(v)) for k, v in numbers.items()})
         fields.update({f"numel{i}": str(numel(graph[src].shape)) for i, src in enumerate(node.inputs)})
         expr = opdef.expression(node).format(*args, **fields)
-        var = f"v_{c_name(name)}"
+        var = f"{pointer(name)}_next" if "writes" in node.attrs else f"{pointer(name)}_"
         body.append((var, expr))
         values[name] = var
         runtime.update(opdef.runtime)

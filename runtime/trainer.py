@@ -12,6 +12,9 @@ from nncc.compiler.schedules import runtime_fields, runtime_lr
 from .feeds import gather
 
 ALIGN_BYTES = 64
+# Counters in a state_dict, beside the tensors named after their nodes ("nncc:" is a
+# prefix no node name may take).
+STEP_KEY, LR_KEY = "nncc:step", "nncc:lr"
 
 
 def _aligned_floats(count):
@@ -118,8 +121,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """Copies of params, optimizer/running state and counters (as torch's state_dict)."""
         out = {name: view.copy() for name, view in (*self.params.items(), *self.buffers.items())}
-        out["step"] = np.int64(self._rt.step)
-        out["lr"] = np.float64(self._rt.lr)
+        out[STEP_KEY] = np.int64(self._rt.step)
+        out[LR_KEY] = np.float64(self._rt.lr)
         return out
 
     def save(self, path):
@@ -132,7 +135,7 @@ class Trainer:
         """Restore what `state_dict` returned; every array must fit its buffer exactly."""
         tensors = {**self.params, **self.buffers}
         missing = [k for k in tensors if k not in state]
-        unknown = [k for k in state if k not in tensors and k not in ("step", "lr")]
+        unknown = [k for k in state if k not in tensors and k not in (STEP_KEY, LR_KEY)]
         if missing or unknown:
             raise CheckpointError(f"state does not fit this model: missing {missing}, unexpected {unknown}")
         for name, view in tensors.items():
@@ -141,10 +144,10 @@ class Trainer:
                 raise CheckpointError(f"{name!r}: shape {value.shape} in the state, {view.shape} in the model")
         for name, view in tensors.items():
             view[...] = state[name]
-        if "step" in state:
-            self._rt.step = int(state["step"])
-        if "lr" in state:
-            self._rt.lr = float(state["lr"])
+        if STEP_KEY in state:
+            self._rt.step = int(state[STEP_KEY])
+        if LR_KEY in state:
+            self._rt.lr = float(state[LR_KEY])
 
 
 def _ctype(array):
