@@ -15,12 +15,14 @@ from .lower import dim
 from .ops import get_op
 from .program import Entry, Program, row_size
 
-PRELUDE_LIBRARIES = ("vmath", "schedule")  # always included: expressions call into them
+PRELUDE_LIBRARIES = ("vmath", "schedule", "random")  # always included: expressions call into them
 
-# Run-time scalars update expressions may read, and how the train step computes them.
+# Run-time scalars expressions may read: C type, how an entry computes it, what it is.
 RUNTIME_SCALARS = {
-    "lr": ("nncc_scheduled_lr(rt)", "the scheduled learning rate of this step"),
-    "t": ("(float)(rt->step + 1)", "1-based number of this optimizer step"),
+    "lr": ("float", "nncc_scheduled_lr(rt)", "the scheduled learning rate of this step"),
+    "t": ("float", "(float)(rt->step + 1)", "1-based number of this optimizer step"),
+    "seed": ("uint64_t", "rt->seed", "seed of the dropout masks"),
+    "step": ("int64_t", "rt->step", "optimizer steps taken before this one"),
 }
 
 
@@ -44,7 +46,7 @@ class CSource:
 def _params(kernel):
     """A loop kernel's C parameters: read buffers const, the written one not, no duplicates."""
     out_ptrs = {op.pointer for op, _ in kernel.stores}
-    params = [("float", r) for r in kernel.runtime]
+    params = [(RUNTIME_SCALARS[r][0], r) for r in kernel.runtime]
     for op, _ in kernel.inputs:
         if op.pointer in out_ptrs:  # read and written in place: one non-const parameter
             params.append(("float *restrict", op.pointer))
@@ -78,7 +80,8 @@ def _entry_view(entry: Entry, program: Program):
     outputs = [{"name": o, "pointer": entry.pointers[o], "row": row_size(g, o)} for o in program.outputs]
     return {"name": entry.name, "feeds": feeds, "buffers": buffers, "steps": steps,
             "can_fail": error_code > 0, "outputs": outputs,
-            "runtime": [{"name": r, "value": RUNTIME_SCALARS[r][0], "doc": RUNTIME_SCALARS[r][1]}
+            "runtime": [{"name": r, "ctype": RUNTIME_SCALARS[r][0], "value": RUNTIME_SCALARS[r][1],
+                         "doc": RUNTIME_SCALARS[r][2]}
                         for r in sorted({r for k in entry.kernels for r in k.runtime})]}
 
 

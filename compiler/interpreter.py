@@ -23,6 +23,8 @@ class Context:
         self.interp, self.feeds, self.n = interp, feeds, n
         self.lr = interp.scheduled_lr()
         self.t = interp.global_step + 1  # the 1-based number of the step being taken
+        self.step = interp.global_step     # steps taken before this one (dropout masks)
+        self.seed = interp.seed
 
     def feed(self, name):
         return self.feeds[name]
@@ -56,6 +58,7 @@ class Interpreter:
         self.eval_graph = build_eval_graph(graph, self.train_graph.outputs)
         self.lr = self.optimizer.lr
         self.global_step = 0
+        self.seed = seed
         g = self.train_graph
         self.state = {name: initial_value(g[name], seed).astype(np.float64)
                       for name in (*g.params, *g.state)}

@@ -155,7 +155,7 @@ def _call_kernel(graph, node, pointer):
     opdef = get_op(node.op)
     call = opdef.c_call(KernelCall(node, graph, pointer))
     return Kernel(name=f"{node.op}:{node.name}", nodes=(node.name,), reads=tuple(node.inputs),
-                  writes=(node.name,), call=call, can_fail=opdef.can_fail,
+                  writes=(node.name,), call=call, can_fail=opdef.failure is not None,
                   comment=f"{node.name} = {node.op}({', '.join(node.inputs)})  {_shape_text(node.shape)}")
 
 
@@ -200,6 +200,9 @@ def _loop_kernel(graph, group, pointer, prefix):
         fields = {k: float_literal(v) for k, v in numbers.items()}
         fields.update({f"{k}_double": repr(float(v)) for k, v in numbers.items()})
         fields.update({f"numel{i}": str(numel(graph[src].shape)) for i, src in enumerate(node.inputs)})
+        fields["index"] = index_of(node.shape)  # flat index of this element in the node's tensor
+        if opdef.c_fields:
+            fields.update(opdef.c_fields(node))
         expr = opdef.expression(node).format(*args, **fields)
         var = f"{pointer(name)}_next" if "writes" in node.attrs else f"{pointer(name)}_"
         body.append((var, expr))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .autodiff import GradBuilder
 from .ir import UPDATE, Graph
+from .ops import get_op
 
 
 @dataclass(frozen=True)
@@ -41,20 +42,31 @@ class SGD:
         b.op("sgd_momentum_update", param, grad, v, name=f"update({param})", writes=param, **hyper)
 
 
+def append_state_updates(graph: Graph) -> Graph:
+    """Ops with persistent state (batch_norm's running statistics) add it, and its update."""
+    b = GradBuilder(graph, phase=UPDATE)
+    for node in list(graph):
+        hook = get_op(node.op).state
+        if hook:
+            hook(b, node)
+    return _sources_first(graph, b)
+
+
+def _sources_first(graph, b):
+    """The builder's nodes, new state sources moved to the front (keeps topological order)."""
+    states = [n.name for n in b.new if n.op == "state"]
+    ordered = [b.nodes[s] for s in states] + [n for n in b.nodes.values() if n.name not in states]
+    return graph.replace(nodes={n.name: n for n in ordered}, state=graph.state + tuple(states))
+
+
 def append_update(graph: Graph, optimizer) -> Graph:
     """Add the optimizer's state buffers (pinned, zero-initialised) and update nodes."""
     b = GradBuilder(graph, phase=UPDATE)
-    states = []
     for param in graph.params:
-        state = {}
-        for key in optimizer.state_buffers(param):
-            name = b.op("state", name=f"{param}.{key}", shape=graph[param].shape, init="zeros")
-            state[key] = name
-            states.append(name)
+        state = {key: b.op("state", name=f"{param}.{key}", shape=graph[param].shape, init="zeros")
+                 for key in optimizer.state_buffers(param)}
         optimizer.build(b, param, graph.grads[param], state)
-    # State sources go first so the order stays topological.
-    ordered = [b.nodes[s] for s in states] + [n for n in b.nodes.values() if n.name not in states]
-    return graph.replace(nodes={n.name: n for n in ordered}, state=graph.state + tuple(states))
+    return _sources_first(graph, b)
 
 
 @dataclass(frozen=True)

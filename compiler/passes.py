@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .autodiff import differentiate
-from .ir import Graph
+from .autodiff import GradBuilder, differentiate
+from .ir import FORWARD, Graph
 from .load import infer_shapes, load, validate_training
 from .ops import SOURCE, get_op
-from .optimizers import append_update
+from .optimizers import append_state_updates, append_update
 
 
 def roots(graph: Graph):
@@ -71,10 +71,34 @@ def build_train_graph(user_graph, loss, outputs, optimizer, pipeline=None) -> Gr
     g = p.run("infer shapes", infer_shapes, g)
     g = p.run("validate", validate_training, g)
     g = p.run("autodiff", differentiate, g)
+    g = p.run("state updates", append_state_updates, g)
     g = p.run("optimizer update", append_update, g, optimizer)
     g = p.run("cse", eliminate_common_subexpressions, g)
     g = p.run("dce", eliminate_dead_code, g)
     return g
+
+
+def to_eval_mode(graph: Graph) -> Graph:
+    """Replace train-only behaviour by each op's eval form (dropout: identity; batch_norm:
+    running statistics). An output keeps its name through an identity node."""
+    b = GradBuilder(graph, phase=FORWARD)
+    rename, nodes = {}, []
+    for node in graph:
+        node = node.replace(inputs=tuple(rename.get(i, i) for i in node.inputs))
+        hook = get_op(node.op).eval_mode
+        if hook is None:
+            nodes.append(node)
+            b.nodes[node.name] = node
+            continue
+        b.new = []
+        replacement = hook(b, node)
+        if node.name in graph.outputs:
+            del b.nodes[node.name]
+            b.names.taken.discard(node.name)
+            replacement = b.op("identity", replacement, name=node.name)
+        nodes.extend(b.new)
+        rename[node.name] = replacement
+    return graph.with_nodes(nodes)
 
 
 def build_eval_graph(user_graph, outputs, pipeline=None) -> Graph:
@@ -82,5 +106,7 @@ def build_eval_graph(user_graph, outputs, pipeline=None) -> Graph:
     p = pipeline or Pipeline()
     g = p.run("load", load, user_graph, None, outputs)
     g = p.run("infer shapes", infer_shapes, g)
+    g = p.run("eval mode", to_eval_mode, g)
+    g = g.replace(state=tuple(n.name for n in g if n.op == "state"))
     live = g.ancestors(g.outputs) | set(g.params) | set(g.state)
     return g.with_nodes(n for n in g if n.name in live).replace(inputs=tuple(i for i in g.inputs if i in live))

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from .ir import Graph, numel
 from .lower import lower
 from .memory import plan_pinned, plan_program
-from .ops import get_op
 
 
 @dataclass(frozen=True)
@@ -92,10 +91,3 @@ def _check_in_place_order(graph, kernels):
 def row_size(graph, name):
     """Elements per batch row of an input or output."""
     return numel(graph[name].shape[1:])
-
-
-def labels_feed(graph, node_name):
-    """The feed holding the class labels a can-fail kernel checks (or the node if not a feed)."""
-    node = graph[node_name]
-    slot = get_op(node.op).int_inputs[0]
-    return node.inputs[slot]

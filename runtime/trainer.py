@@ -6,7 +6,7 @@ import numpy as np
 from nncc.compiler.errors import CheckpointError, FeedError
 from nncc.compiler.init import initial_value
 from nncc.compiler.ir import concrete
-from nncc.compiler.program import labels_feed
+from nncc.compiler.ops import get_op
 from nncc.compiler.schedules import runtime_fields, runtime_lr
 
 from .feeds import gather
@@ -14,7 +14,8 @@ from .feeds import gather
 ALIGN_BYTES = 64
 # Counters in a state_dict, beside the tensors named after their nodes ("nncc:" is a
 # prefix no node name may take).
-STEP_KEY, LR_KEY = "nncc:step", "nncc:lr"
+STEP_KEY, LR_KEY, SEED_KEY = "nncc:step", "nncc:lr", "nncc:seed"
+COUNTERS = {STEP_KEY: ("step", int), LR_KEY: ("lr", float), SEED_KEY: ("seed", int)}
 
 
 def _aligned_floats(count):
@@ -39,6 +40,7 @@ class Trainer:
         self._arena_ptr = ffi.cast("float *", self.arena.ctypes.data)
         self._rt = ffi.new("nncc_runtime *")
         self._rt.lr = spec.optimizer.lr
+        self._rt.seed = seed
         self.schedule = spec.optimizer.schedule
         train = program.train
         self.params = {p: self._view(p) for p in train.graph.params}
@@ -110,12 +112,8 @@ class Trainer:
         return outs
 
     def _raise(self, entry, code, arrays):
-        node = entry.errors[code - 1]
-        feed = labels_feed(entry.graph, node)
-        classes = entry.graph[entry.graph[node].inputs[0]].shape[-1]
-        row = int(self._rt.error_index)
-        value = arrays[feed][row] if feed in arrays and row < len(arrays[feed]) else "?"
-        raise FeedError(f"label {value} at row {row} is outside [0, {classes}) (node {node!r})", feed=feed)
+        node = entry.graph[entry.errors[code - 1]]
+        raise get_op(node.op).failure(entry.graph, node, int(self._rt.error_index), arrays)
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -123,6 +121,7 @@ class Trainer:
         out = {name: view.copy() for name, view in (*self.params.items(), *self.buffers.items())}
         out[STEP_KEY] = np.int64(self._rt.step)
         out[LR_KEY] = np.float64(self._rt.lr)
+        out[SEED_KEY] = np.uint64(self._rt.seed)
         return out
 
     def save(self, path):
@@ -135,7 +134,7 @@ class Trainer:
         """Restore what `state_dict` returned; every array must fit its buffer exactly."""
         tensors = {**self.params, **self.buffers}
         missing = [k for k in tensors if k not in state]
-        unknown = [k for k in state if k not in tensors and k not in (STEP_KEY, LR_KEY)]
+        unknown = [k for k in state if k not in tensors and k not in COUNTERS]
         if missing or unknown:
             raise CheckpointError(f"state does not fit this model: missing {missing}, unexpected {unknown}")
         for name, view in tensors.items():
@@ -144,10 +143,9 @@ class Trainer:
                 raise CheckpointError(f"{name!r}: shape {value.shape} in the state, {view.shape} in the model")
         for name, view in tensors.items():
             view[...] = state[name]
-        if STEP_KEY in state:
-            self._rt.step = int(state[STEP_KEY])
-        if LR_KEY in state:
-            self._rt.lr = float(state[LR_KEY])
+        for key, (field, kind) in COUNTERS.items():
+            if key in state:
+                setattr(self._rt, field, kind(state[key]))
 
 
 def _ctype(array):

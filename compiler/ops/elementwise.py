@@ -52,6 +52,7 @@ _binary("sub", "{0} - {1}", lambda ctx, n, a, b: a - b,
         grad=lambda b, node, gy: [gy, b.op("neg", gy)])
 _binary("mul", "{0} * {1}", lambda ctx, n, a, b: a * b,
         grad=lambda b, node, gy: [b.op("mul", gy, node.inputs[1]), b.op("mul", gy, node.inputs[0])])
+_unary("identity", "{0}", lambda ctx, n, x: x, grad=lambda b, node, gy: [gy])
 _unary("neg", "-{0}", lambda ctx, n, x: -x, grad=lambda b, node, gy: [b.op("neg", gy)])
 
 # -- activations: forward and the companion gradient op -----------------------------------

@@ -5,6 +5,7 @@ cross-entropy: the rows; for MSE: all elements), "sum" does not.
 """
 import numpy as np
 
+from ..errors import FeedError
 from .registry import ELEMENTWISE, KERNEL, OpDef, register, shape_error
 from .softmax import rows_and_cols, softmax_reference
 
@@ -91,6 +92,12 @@ def _xent_grad_reference(ctx, node, logits, labels, gy):
     return _mean_or_sum(node, g * gy, len(labels))
 
 
+def _bad_label(graph, node, row, feeds):
+    labels, classes = node.inputs[1], graph[node.inputs[0]].shape[-1]
+    value = feeds[labels][row] if labels in feeds and row < len(feeds[labels]) else "?"
+    return FeedError(f"label {value} at row {row} is outside [0, {classes}) (node {node.name!r})", feed=labels)
+
+
 def _xent_call(k):
     rows, classes = rows_and_cols(k, k.in_shapes[0])
     mean = int(k.attrs["reduction"] == "mean")
@@ -114,14 +121,14 @@ register(OpDef(
     shape=_xent_shape, int_inputs=(1,), reference=_xent_reference,
     grad=lambda b, node, gy: [b.op("softmax_cross_entropy_grad", *node.inputs, gy,
                                    reduction=node.attrs["reduction"]), None],
-    c_call=_xent_call, library="losses", can_fail=True, samples=_xent_samples,
+    c_call=_xent_call, library="losses", failure=_bad_label, samples=_xent_samples,
     doc="cross-entropy of softmax(logits) against int32 class ids, as torch.nn.CrossEntropyLoss.",
 ))
 
 register(OpDef(
     name="softmax_cross_entropy_grad", arity=3, kind=KERNEL, attrs={"reduction": "mean"},
     shape=_xent_shape, int_inputs=(1,), reference=_xent_grad_reference,
-    c_call=_xent_grad_call, library="losses", can_fail=True,
+    c_call=_xent_grad_call, library="losses", failure=_bad_label,
     samples=lambda rng: [(case[0] + [rng.normal(size=())], case[1]) for case in _xent_samples(rng)],
     doc="(softmax(logits) - onehot(labels)) * gy, divided by the rows for mean.",
 ))

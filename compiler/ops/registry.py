@@ -44,12 +44,17 @@ class OpDef:
     dtype: Callable | str = "float32"
     grad: Callable | None = None
     c_expr: str | Callable | None = None  # or node -> str when attributes choose it
+    c_fields: Callable | None = None       # node -> extra {fields} for c_expr (e.g. integer keys)
     c_call: Callable | None = None
     library: str | None = None
     int_inputs: tuple = ()  # input slots that take int32 (class labels); the rest take float32
-    can_fail: bool = False  # the C routine returns nonzero on bad values (e.g. labels)
+    # The C routine returns 0, or 1 + the row of a bad value (labels out of range);
+    # failure(graph, node, row, feeds) builds the exception the user sees.
+    failure: Callable | None = None
     runtime: tuple = ()     # run-time scalars the C code reads (e.g. "lr")
     samples: Callable | None = None
+    eval_mode: Callable | None = None  # (b, node) -> name computing the node in eval mode
+    state: Callable | None = None      # (b, node) adds persistent state and its train-step updates
     doc: str = ""
 
     def expression(self, node) -> str:
