@@ -71,7 +71,7 @@ def make_program(train: Graph, eval_graph: Graph, capacity: int, fusion=True) ->
                 buffers.pop(node.name, None)
         _check_in_place_order(graph, kernels)
         errors = tuple(k.nodes[0] for k in kernels if k.can_fail)
-        feeds = tuple(i for i in graph.inputs if any(i in k.reads for k in kernels))
+        feeds = tuple(i for i in graph.inputs if i in keep or any(i in k.reads for k in kernels))
         entries[name] = Entry(name, graph, kernels, pointers, buffers, feeds, errors)
         top = max(top, end)
     return Program(train=entries["train"], eval=entries["eval"], capacity=capacity, arena_floats=top,

@@ -53,4 +53,6 @@ def gather(graph, names, feeds, what, known):
         elif arr.shape[0] != rows:
             raise FeedError(f"has {arr.shape[0]} rows but {names[0]!r} has {rows}", feed=name)
         arrays.append(arr)
+    if rows is None:  # the call needs no feed: the rows are those of whatever was given
+        rows = next((len(np.asarray(v)) for v in feeds.values()), 1)
     return arrays, rows

@@ -73,7 +73,8 @@ def _adam_grad_expr(node):
 
 
 def _adam_samples(rng):
-    return [([rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.normal(size=(4, 3))],
+    """(p or moment, g or m, p or v): the last is a second moment for adam_update, so positive."""
+    return [([rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.uniform(0.1, 1.0, size=(4, 3))],
              {"weight_decay": 0.1, "decoupled": decoupled}) for decoupled in (False, True)]
 
 
