@@ -14,6 +14,7 @@ from .ir import numel
 from .lower import dim
 from .ops import get_op
 from .program import Entry, Program, row_size
+from .random import SHUFFLE_KEY
 
 PRELUDE_LIBRARIES = ("vmath", "schedule", "random")  # always included: expressions call into them
 
@@ -77,9 +78,18 @@ def _entry_view(entry: Entry, program: Program):
         else:
             step["statement"] = f"{kernel.call};"
         steps.append(step)
-    outputs = [{"name": o, "pointer": entry.pointers[o], "row": row_size(g, o)} for o in program.outputs]
+    for f in feeds:
+        f["staging"] = program.staging.get(f["name"]) if entry is program.train else None
+    outputs = [{"name": o, "pointer": entry.pointers[o], "row": row_size(g, o)} for o in entry.outputs]
+    args = "".join(f", const {f['ctype']} *{f['pointer']}_all" for f in feeds)
+    args += "".join(f", float *{o['pointer']}_out" for o in outputs)
+    if entry.loss:
+        args += ", double *loss_total"
     return {"name": entry.name, "feeds": feeds, "buffers": buffers, "steps": steps,
             "can_fail": error_code > 0, "outputs": outputs,
+            "signature": f"int nncc_{entry.name}(nncc_runtime *rt, float *arena, int64_t n_total{args})",
+            "loss": entry.loss, "loss_pointer": entry.pointers.get(entry.loss),
+            "loss_mean": bool(entry.loss) and g[entry.loss].attrs.get("reduction", "mean") == "mean",
             "runtime": [{"name": r, "ctype": RUNTIME_SCALARS[r][0], "value": RUNTIME_SCALARS[r][1],
                          "doc": RUNTIME_SCALARS[r][2]}
                         for r in sorted({r for k in entry.kernels for r in k.runtime})]}
@@ -100,13 +110,13 @@ def _uses_n(kernel):
 
 def emit(program: Program, model_name="model") -> CSource:
     libraries = list(PRELUDE_LIBRARIES)
-    for entry in (program.train, program.eval):
+    for entry in program.entries:
         for kernel in entry.kernels:
             lib = None if kernel.is_loop else get_op(entry.graph[kernel.nodes[0]].op).library
             if lib and lib not in libraries:
                 libraries.append(lib)
     loops = []
-    for entry in (program.train, program.eval):
+    for entry in program.entries:
         for kernel in entry.kernels:
             if kernel.is_loop:
                 view = _loop_view(kernel)
@@ -122,6 +132,8 @@ def emit(program: Program, model_name="model") -> CSource:
         "loop_kernels": loops,
         "train": _entry_view(program.train, program),
         "eval": _entry_view(program.eval, program),
+        "evaluate": _entry_view(program.evaluate, program),
+        "shuffle_key": SHUFFLE_KEY,
         "loss_pointer": program.train.pointers[program.loss],
     }
     declarations = ENV.get_template("declarations.h.j2").render(context)

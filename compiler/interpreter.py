@@ -12,6 +12,7 @@ from .init import initial_value
 from .ir import BACKWARD, BATCH, FORWARD
 from .ops import get_op
 from .optimizers import SGD
+from .random import shuffled_order
 from .schedules import runtime_lr
 from .passes import build_eval_graph, build_train_graph
 
@@ -58,7 +59,8 @@ class Interpreter:
         self.eval_graph = build_eval_graph(graph, self.train_graph.outputs)
         self.lr = self.optimizer.lr
         self.global_step = 0
-        self.seed = seed
+        self.seed = self.shuffle_seed = seed
+        self.epoch = 0
         g = self.train_graph
         self.state = {name: initial_value(g[name], seed).astype(np.float64)
                       for name in (*g.params, *g.state)}
@@ -109,6 +111,29 @@ class Interpreter:
                 self.state[node.attrs["writes"]] = values[node.name]
         self.global_step += 1
         return float(values[self.train_graph.loss])
+
+    def fit(self, epochs=1, batch_size=32, shuffle=True, seed=None, drop_last=False, step_losses=False, **feeds):
+        """The compiled fit, step by step in NumPy: same shuffle, batching and loss history."""
+        if seed is not None:
+            self.shuffle_seed = seed
+        arrays = {k: np.asarray(v) for k, v in feeds.items()}
+        rows = len(next(iter(arrays.values())))
+        history = {"loss": [], "step_loss": []}
+        for _ in range(epochs):
+            order = shuffled_order(self.shuffle_seed, self.epoch, rows) if shuffle else np.arange(rows)
+            total, used, losses = 0.0, 0, []
+            for start in range(0, rows, batch_size):
+                idx = order[start:start + batch_size]
+                if len(idx) < batch_size and drop_last:
+                    break
+                losses.append(self.step(**{k: v[idx] for k, v in arrays.items()}))
+                total, used = total + losses[-1] * len(idx), used + len(idx)
+            self.epoch += 1
+            history["loss"].append(total / used)
+            history["step_loss"].append(np.array(losses))
+        if not step_losses:
+            del history["step_loss"]
+        return history
 
     def predict(self, **feeds):
         values = self.run(self.eval_graph, feeds)

@@ -128,7 +128,8 @@ RESERVED = set("""
     auto break case char const continue default do double else enum extern float for goto if inline
     int long register restrict return short signed sizeof static struct switch typedef union unsigned
     void volatile while int32_t int64_t uint32_t uint64_t size_t NULL INFINITY NAN
-    n n_total lr t rt arena bad start
+    n n_total lr t rt arena bad start total loss_total steps code order rows batch shuffle drop_last
+    step_losses loss_sum kept stream j train_step shuffle_rows
     exp expf log logf sqrt sqrtf pow powf cos cosf tanh tanhf fabs fabsf memset memcpy
 """.split())
 
@@ -137,15 +138,16 @@ def _is_reserved(name):
     return name in RESERVED or re.fullmatch(r"i\d+", name) or name.startswith("nncc")
 
 
+ARGUMENT_SUFFIXES = ("_all", "_out", "_batch")  # entry arguments derived from a pointer name
+
+
 def _unique(name, taken):
-    """A pointer name not used yet, nor reserved; `<name>_all`/`<name>_out` (entry
-    arguments of feeds and outputs) are claimed with it."""
+    """A pointer name not used yet, nor reserved, nor clashing with the entry arguments
+    (<pointer>_all, _out, _batch) derived from it or from another pointer."""
     used = set(taken.values())
-    used |= {f"{u}_all" for u in used} | {f"{u}_out" for u in used}
+    used |= {u + s for u in used for s in ARGUMENT_SUFFIXES}
     candidate, k = name, 1
-    while (candidate in used or _is_reserved(candidate)
-           or any(candidate == f"{u}{s}" for u in used for s in ("_all", "_out"))
-           or f"{candidate}_all" in used or f"{candidate}_out" in used):
+    while candidate in used or _is_reserved(candidate) or any(candidate + s in used for s in ARGUMENT_SUFFIXES):
         k += 1
         candidate = f"{name}_{k}"
     return candidate

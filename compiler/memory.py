@@ -14,7 +14,7 @@ from .ir import numel
 ALIGN = 16  # floats: 64-byte alignment, one cache line / one AVX-512 vector
 
 
-def _aligned(count):
+def aligned(count):
     return (count + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -34,7 +34,7 @@ def plan_pinned(graph, capacity):
     grads = set(graph.grads.values())
     for kind, names in (("param", graph.params), ("state", graph.state), ("grad", sorted(grads))):
         for name in names:
-            size = _aligned(numel(graph[name].shape, capacity))
+            size = aligned(numel(graph[name].shape, capacity))
             buffers[name] = Buffer(name, offset, size, kind, -1, 1 << 60)
             offset += size
     return buffers, offset
@@ -60,7 +60,7 @@ def plan_program(graph, kernels, pinned, base, capacity, keep):
             continue
         if name in keep:
             end[name] = len(kernels)
-        size = _aligned(numel(graph[name].shape, capacity))
+        size = aligned(numel(graph[name].shape, capacity))
         live = sorted((b for b in placed if b.end >= start[name] and b.start <= end[name]),
                       key=lambda b: b.offset)
         offset = base

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from .autodiff import GradBuilder, differentiate
-from .ir import FORWARD, Graph
+from .ir import BATCH, FORWARD, Graph
 from .load import infer_shapes, load, validate_training
 from .ops import SOURCE, get_op
 from .optimizers import append_state_updates, append_update
@@ -101,12 +101,19 @@ def to_eval_mode(graph: Graph) -> Graph:
     return graph.with_nodes(nodes)
 
 
-def build_eval_graph(user_graph, outputs, pipeline=None) -> Graph:
-    """The forward graph in eval mode, pruned to what the outputs need."""
+def build_eval_graph(user_graph, outputs, loss=None, pipeline=None) -> Graph:
+    """The forward graph in eval mode, pruned to what the outputs (and loss) need."""
     p = pipeline or Pipeline()
-    g = p.run("load", load, user_graph, None, outputs)
+    g = p.run("load", load, user_graph, loss, outputs)
     g = p.run("infer shapes", infer_shapes, g)
     g = p.run("eval mode", to_eval_mode, g)
     g = g.replace(state=tuple(n.name for n in g if n.op == "state"))
-    live = g.ancestors(g.outputs) | set(g.params) | set(g.state)
+    live = g.ancestors(g.outputs + ((loss,) if loss else ())) | set(g.params) | set(g.state)
     return g.with_nodes(n for n in g if n.name in live).replace(inputs=tuple(i for i in g.inputs if i in live))
+
+
+def evaluation_outputs(train: Graph):
+    """What `evaluate` reads back besides the loss: the loss's prediction (its first input)
+    when it is per-row, so that classifiers also report accuracy."""
+    pred = train[train.loss].inputs[0]
+    return [pred] if train[pred].shape[:1] == (BATCH,) else []

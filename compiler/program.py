@@ -8,12 +8,16 @@ from dataclasses import dataclass
 
 from .ir import Graph, numel
 from .lower import lower
-from .memory import plan_pinned, plan_program
+from .memory import aligned, plan_pinned, plan_program
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One C entry point: its kernels, feeds (in argument order), buffers and error sites."""
+    """One C entry point: its kernels, feeds (in argument order), buffers and error sites.
+
+    `outputs` are copied out to the caller per chunk of rows; `loss`, when set, is summed
+    over the chunks (eval-mode evaluation).
+    """
 
     name: str
     graph: Graph
@@ -22,10 +26,12 @@ class Entry:
     buffers: dict        # node -> Buffer, pinned included
     feeds: tuple         # input node names, argument order
     errors: tuple        # node name of each can-fail kernel; error code k is errors[k-1]
+    outputs: tuple = ()
+    loss: str | None = None
 
     def used_buffers(self):
         """Buffers this entry touches, in arena order."""
-        names = {n for k in self.kernels for n in (*k.reads, *k.writes)}
+        names = {n for k in self.kernels for n in (*k.reads, *k.writes)} | set(self.outputs)
         return sorted((self.buffers[n] for n in names if n in self.buffers), key=lambda b: (b.offset, b.node))
 
 
@@ -33,37 +39,55 @@ class Entry:
 class Program:
     train: Entry
     eval: Entry
+    evaluate: Entry      # eval mode with the loss: validation loss and accuracy
     capacity: int        # the batch size buffers are planned for
     arena_floats: int
     pinned_floats: int
+    staging: dict        # train feed -> arena offset of its batch staging buffer (fit)
     outputs: tuple
     loss: str
+
+    @property
+    def entries(self):
+        return (self.train, self.eval, self.evaluate)
 
     def naive_floats(self):
         """What the arena would take without reuse: one buffer per planned value."""
         seen = {}
-        for entry in (self.train, self.eval):
+        for entry in self.entries:
             for b in entry.buffers.values():
                 seen[(entry.name if b.kind in ("temporary", "activation") else "", b.node)] = b.size
-        return sum(seen.values())
+        return sum(seen.values()) + sum(_staging_size(self.train.graph, f, self.capacity) for f in self.staging)
 
     def bytes_by_kind(self):
         out = {}
-        for entry in (self.train, self.eval):
+        for entry in self.entries:
             for b in entry.buffers.values():
                 if b.kind in ("temporary", "activation") or entry is self.train:
-                    key = b.kind if entry is self.train else f"eval {b.kind}"
+                    key = b.kind if entry is self.train else f"{entry.name} {b.kind}"
                     out[key] = out.get(key, 0) + 4 * b.size
+        out["fit staging"] = 4 * sum(_staging_size(self.train.graph, f, self.capacity) for f in self.staging)
         return out
 
 
-def make_program(train: Graph, eval_graph: Graph, capacity: int, fusion=True) -> Program:
-    pinned, pinned_end = plan_pinned(train, capacity)
-    train_keep = {train.loss}
-    entries, top = {}, pinned_end
-    for name, graph, keep in (("train", train, train_keep), ("eval", eval_graph, set(eval_graph.outputs))):
-        must_store = keep | set(pinned)
-        kernels, pointers = lower(graph, must_store, fusion=fusion, prefix=None if name == "train" else name)
+def _staging_size(graph, feed, capacity):
+    return aligned(capacity * row_size(graph, feed))
+
+
+def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacity: int, fusion=True) -> Program:
+    pinned, top = plan_pinned(train, capacity)
+    staging = {}
+    for feed in train.inputs:
+        staging[feed] = top
+        top += _staging_size(train, feed, capacity)
+    pinned_end = top
+    entries = {}
+    specs = (("train", train, (), train.loss),
+             ("eval", eval_graph, eval_graph.outputs, None),
+             ("evaluate", evaluate_graph, evaluate_graph.outputs, evaluate_graph.loss))
+    for name, graph, outputs, loss in specs:
+        keep = set(outputs) | ({loss} if loss else set())
+        kernels, pointers = lower(graph, keep | set(pinned), fusion=fusion, prefix=None if name == "train" else name)
         planned, end = plan_program(graph, kernels, pinned, pinned_end, capacity, keep)
         buffers = {**{k: v for k, v in pinned.items() if k in graph.nodes}, **planned}
         for node in graph:  # in-place writes land in their target's buffer
@@ -72,10 +96,12 @@ def make_program(train: Graph, eval_graph: Graph, capacity: int, fusion=True) ->
         _check_in_place_order(graph, kernels)
         errors = tuple(k.nodes[0] for k in kernels if k.can_fail)
         feeds = tuple(i for i in graph.inputs if i in keep or any(i in k.reads for k in kernels))
-        entries[name] = Entry(name, graph, kernels, pointers, buffers, feeds, errors)
+        entries[name] = Entry(name, graph, kernels, pointers, buffers, feeds, errors, tuple(outputs),
+                              loss if name != "train" else None)
         top = max(top, end)
-    return Program(train=entries["train"], eval=entries["eval"], capacity=capacity, arena_floats=top,
-                   pinned_floats=pinned_end, outputs=tuple(eval_graph.outputs), loss=train.loss)
+    return Program(train=entries["train"], eval=entries["eval"], evaluate=entries["evaluate"],
+                   capacity=capacity, arena_floats=top, pinned_floats=pinned_end, staging=staging,
+                   outputs=tuple(eval_graph.outputs), loss=train.loss)
 
 
 def _check_in_place_order(graph, kernels):

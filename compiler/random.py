@@ -34,6 +34,21 @@ def keep_mask(seed, step, key, count, p):
     return bits >= np.uint64(dropout_threshold(p))
 
 
+SHUFFLE_KEY = 0x5348_5546  # "SHUF": the stream of fit's shuffles
+
+
+def shuffled_order(seed, epoch, rows):
+    """The permutation nncc_fit_epoch uses for an epoch (Fisher-Yates, backwards)."""
+    index = np.arange(rows, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        draws = mix64(stream(seed, epoch, SHUFFLE_KEY) + GOLDEN * index)
+    order = np.arange(rows, dtype=np.int64)
+    for i in range(rows - 1, 0, -1):
+        j = int(draws[i] % np.uint64(i + 1))
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
 def dropout_threshold(p) -> int:
     return min(int(round(float(p) * 2**32)), 2**32)
 

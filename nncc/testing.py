@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from nncc.compiler.interpreter import Interpreter
-from nncc.runtime.trainer import LR_KEY, SEED_KEY, STEP_KEY
+from nncc.runtime.trainer import EPOCH_KEY, LR_KEY, SEED_KEY, SHUFFLE_SEED_KEY, STEP_KEY
 
 # float32 tolerances: the compiled step rounds every op to float32 (unit roundoff 6e-8);
 # over a handful of layers and steps, relative errors stay well under 1e-4. The reference
@@ -20,6 +20,7 @@ def reference_for(trainer) -> Interpreter:
     state = trainer.state_dict()
     ref.load_state_dict(state)
     ref.lr, ref.global_step, ref.seed = float(state[LR_KEY]), int(state[STEP_KEY]), int(state[SEED_KEY])
+    ref.epoch, ref.shuffle_seed = int(state[EPOCH_KEY]), int(state[SHUFFLE_SEED_KEY])
     return ref
 
 

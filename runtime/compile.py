@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nncc.compiler.emit import emit
 from nncc.compiler.optimizers import SGD
-from nncc.compiler.passes import Pipeline, build_eval_graph, build_train_graph
+from nncc.compiler.passes import Pipeline, build_eval_graph, build_train_graph, evaluation_outputs
 from nncc.compiler.program import make_program
 
 from .build import build, load_library
@@ -46,7 +46,9 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     pipeline = Pipeline(keep_stages=debug_dir is not None)
     train = build_train_graph(graph, loss, outputs, optimizer, pipeline)
     eval_graph = pipeline.run("eval graph", build_eval_graph, graph, train.outputs)
-    program = pipeline.run("lower + memory plan", make_program, train, eval_graph, batch_size, fusion)
+    evaluate_graph = build_eval_graph(graph, evaluation_outputs(train), train.loss)
+    program = pipeline.run("lower + memory plan", make_program, train, eval_graph, evaluate_graph, batch_size,
+                           fusion)
     code = pipeline.run("emit C", emit, program, name)
     result = build(code.source, code.header, name)
     pipeline.timings["build (cache hit)" if result.cache_hit else "build (cc)"] = result.seconds

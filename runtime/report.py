@@ -63,7 +63,7 @@ def make_report(model, program, timings):
         if get_op(node.op).kind != SOURCE:
             counters[node.phase][node.op] += 1
     kernels = [(entry.name, k.name if k.is_loop else k.call.split("(")[0], k.nodes, k.comment)
-               for entry in (program.train, program.eval) for k in entry.kernels]
+               for entry in program.entries for k in entry.kernels]
     return Report(model=model, forward_ops=counters["forward"], backward_ops=counters["backward"],
                   update_ops=counters["update"], kernels=kernels, arena_bytes=4 * program.arena_floats,
                   naive_bytes=4 * program.naive_floats(), bytes_by_kind=program.bytes_by_kind(),

@@ -15,7 +15,10 @@ ALIGN_BYTES = 64
 # Counters in a state_dict, beside the tensors named after their nodes ("nncc:" is a
 # prefix no node name may take).
 STEP_KEY, LR_KEY, SEED_KEY = "nncc:step", "nncc:lr", "nncc:seed"
-COUNTERS = {STEP_KEY: ("step", int), LR_KEY: ("lr", float), SEED_KEY: ("seed", int)}
+EPOCH_KEY, SHUFFLE_SEED_KEY = "nncc:epoch", "nncc:shuffle_seed"
+COUNTERS = {STEP_KEY: ("step", int, np.int64), LR_KEY: ("lr", float, np.float64),
+            SEED_KEY: ("seed", int, np.uint64), EPOCH_KEY: ("epoch", int, np.int64),
+            SHUFFLE_SEED_KEY: ("shuffle_seed", int, np.uint64)}
 
 
 def _aligned_floats(count):
@@ -40,7 +43,7 @@ class Trainer:
         self._arena_ptr = ffi.cast("float *", self.arena.ctypes.data)
         self._rt = ffi.new("nncc_runtime *")
         self._rt.lr = spec.optimizer.lr
-        self._rt.seed = seed
+        self._rt.seed = self._rt.shuffle_seed = seed
         self.schedule = spec.optimizer.schedule
         train = program.train
         self.params = {p: self._view(p) for p in train.graph.params}
@@ -100,16 +103,41 @@ class Trainer:
 
     def predict(self, **feeds) -> dict:
         """Eval-mode outputs for any number of rows: output name -> float32 array."""
-        entry = self.program.eval
-        arrays, n = gather(entry.graph, entry.feeds, feeds, "predict()", self.program.train.graph.inputs)
-        graph = entry.graph
-        outs = {o: np.empty(concrete(graph[o].shape, n), dtype=np.float32) for o in self.program.outputs}
+        outs, _ = self._run_chunked(self.program.eval, feeds, "predict()")
+        return outs
+
+    def evaluate(self, **feeds) -> dict:
+        """Eval-mode loss over any number of rows ("loss": the mean over rows for a mean
+        loss), and "accuracy" when the loss takes class labels."""
+        entry = self.program.evaluate
+        outs, loss = self._run_chunked(entry, feeds, "evaluate()")
+        result = {"loss": loss}
+        loss_node = entry.graph[entry.loss]
+        if get_op(loss_node.op).int_inputs and outs:
+            labels = np.asarray(feeds[loss_node.inputs[get_op(loss_node.op).int_inputs[0]]])
+            result["accuracy"] = float(np.mean(next(iter(outs.values())).argmax(axis=-1) == labels))
+        return result
+
+    def fit(self, epochs=1, batch_size=None, shuffle=True, seed=None, drop_last=False,
+            validation_data=None, step_losses=False, verbose=False, **feeds) -> dict:
+        """Train whole epochs in C; see runtime/fit.py. Returns the history dict."""
+        from .fit import fit
+
+        return fit(self, feeds, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                   drop_last=drop_last, validation_data=validation_data, step_losses=step_losses,
+                   verbose=verbose)
+
+    def _run_chunked(self, entry, feeds, what):
+        """Run an eval-mode entry over all rows; returns (outputs, loss or None)."""
+        arrays, n = gather(entry.graph, entry.feeds, feeds, what, self.program.train.graph.inputs)
+        outs = {o: np.empty(concrete(entry.graph[o].shape, n), dtype=np.float32) for o in entry.outputs}
         args = [self._ffi.from_buffer(_ctype(a), a) for a in arrays]
-        args += [self._ffi.from_buffer("float[]", outs[o]) for o in self.program.outputs]
-        code = self._lib.nncc_eval(self._rt, self._arena_ptr, n, *args)
+        args += [self._ffi.from_buffer("float[]", outs[o]) for o in entry.outputs]
+        loss = self._ffi.new("double *") if entry.loss else None
+        code = getattr(self._lib, f"nncc_{entry.name}")(self._rt, self._arena_ptr, n, *args, *([loss] if loss else []))
         if code:
             self._raise(entry, code, dict(zip(entry.feeds, arrays)))
-        return outs
+        return outs, (float(loss[0]) if loss else None)
 
     def _raise(self, entry, code, arrays):
         node = entry.graph[entry.errors[code - 1]]
@@ -119,9 +147,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """Copies of params, optimizer/running state and counters (as torch's state_dict)."""
         out = {name: view.copy() for name, view in (*self.params.items(), *self.buffers.items())}
-        out[STEP_KEY] = np.int64(self._rt.step)
-        out[LR_KEY] = np.float64(self._rt.lr)
-        out[SEED_KEY] = np.uint64(self._rt.seed)
+        for key, (field, _, dtype) in COUNTERS.items():
+            out[key] = dtype(getattr(self._rt, field))
         return out
 
     def save(self, path):
@@ -143,7 +170,7 @@ class Trainer:
                 raise CheckpointError(f"{name!r}: shape {value.shape} in the state, {view.shape} in the model")
         for name, view in tensors.items():
             view[...] = state[name]
-        for key, (field, kind) in COUNTERS.items():
+        for key, (field, kind, _) in COUNTERS.items():
             if key in state:
                 setattr(self._rt, field, kind(state[key]))
 
