@@ -1,0 +1,197 @@
+"""Training as users run it: fit in C, dropout masks, LayerNorm/BatchNorm, resuming."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nncc
+from nncc import FeedError
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+import classifier  # noqa: E402
+import norm_dropout  # noqa: E402
+
+
+def small_w4(p=0.2):
+    return norm_dropout.model(features=12, hidden=10, classes=4, p=p)
+
+
+def small_data(rows, seed=0):
+    return norm_dropout.data(rows=rows, seed=seed, features=12, classes=4)
+
+
+class CountingLibrary:
+    """Stands in for the cffi library and counts the calls that cross into C."""
+
+    def __init__(self, lib):
+        self.lib, self.calls = lib, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.lib, name)
+
+        def call(*args):
+            self.calls.append(name)
+            return fn(*args)
+        return call
+
+
+def test_fit_follows_the_reference_step_by_step():
+    trainer = nncc.compile(small_w4(), outputs=["logits"], optimizer=nncc.SGD(lr=0.1, momentum=0.9), batch_size=16)
+    ref = nncc.testing.reference_for(trainer)
+    data = small_data(100)  # 6 full batches and a partial one of 4 rows
+    got = trainer.fit(epochs=2, batch_size=16, seed=3, step_losses=True, **data)
+    want = ref.fit(epochs=2, batch_size=16, seed=3, step_losses=True, **data)
+    for epoch in range(2):
+        np.testing.assert_allclose(got["step_loss"][epoch], want["step_loss"][epoch], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-4)
+    for name, value in trainer.state_dict().items():
+        if name in ref.state:
+            np.testing.assert_allclose(value, ref.state[name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_fit_history_shape_drop_last_and_validation():
+    trainer = nncc.compile(small_w4(), outputs=["logits"], batch_size=16)
+    history = trainer.fit(epochs=3, batch_size=16, drop_last=True, step_losses=True,
+                          validation_data=small_data(50, seed=1), **small_data(100))
+    assert len(history["loss"]) == len(history["val_loss"]) == len(history["val_accuracy"]) == 3
+    assert [len(s) for s in history["step_loss"]] == [6, 6, 6]  # 100 // 16, the partial batch dropped
+    assert trainer.global_step == 18
+    assert 0.0 <= history["val_accuracy"][-1] <= 1.0
+    result = trainer.evaluate(**small_data(50, seed=1))
+    assert result["loss"] == pytest.approx(history["val_loss"][-1])
+
+
+def test_fit_rejects_batches_larger_than_compiled():
+    trainer = nncc.compile(small_w4(), outputs=["logits"], batch_size=16)
+    with pytest.raises(ValueError, match=r"batches hold 1\.\.16 rows"):
+        trainer.fit(batch_size=32, **small_data(64))
+
+
+def test_fit_reports_a_bad_label_by_its_row_in_the_callers_array():
+    trainer = nncc.compile(small_w4(), outputs=["logits"], batch_size=16)
+    data = small_data(40)
+    data["y"][37] = 9
+    with pytest.raises(FeedError, match=r"feed 'y': label 9 at row 37 "):
+        trainer.fit(**data)
+
+
+def test_e1_epoch_is_one_c_call_and_matches_the_reference_shuffle():
+    """The E1 setup: W2 model, 60,000 x 784 samples, batches of 64, one epoch."""
+    trainer = nncc.compile(classifier.model(), outputs=["logits"], optimizer=nncc.SGD(lr=0.01), batch_size=64)
+    data = classifier.data(rows=60_000)
+    ref = nncc.testing.reference_for(trainer)
+    counting = CountingLibrary(trainer._lib)
+    trainer._lib = counting
+    history = trainer.fit(epochs=1, batch_size=64, shuffle=True, seed=0, drop_last=True, step_losses=True, **data)
+    assert counting.calls == ["nncc_fit_epoch"]
+    assert len(history["step_loss"][0]) == 937
+    # The reference runs the same shuffle; its last batch loss after 937 steps agrees.
+    want = ref.fit(epochs=1, batch_size=64, seed=0, drop_last=True, step_losses=True, **data)
+    np.testing.assert_allclose(history["step_loss"][0][-1], want["step_loss"][0][-1], rtol=1e-4)
+
+
+def test_resume_after_epoch_2_in_a_new_process_is_bitwise(tmp_path):
+    data = small_data(70)
+    straight = nncc.compile(small_w4(), outputs=["logits"], optimizer=nncc.Adam(lr=0.01), batch_size=16)
+    straight.fit(epochs=3, batch_size=16, seed=5, **data)
+
+    first = nncc.compile(small_w4(), outputs=["logits"], optimizer=nncc.Adam(lr=0.01), batch_size=16)
+    first.fit(epochs=2, batch_size=16, seed=5, **data)
+    first.save(tmp_path / "epoch2.nncc")
+    np.savez(tmp_path / "data.npz", **data)
+    script = textwrap.dedent(f"""
+        import numpy as np, nncc
+        trainer = nncc.load({str(tmp_path / 'epoch2.nncc')!r})
+        trainer.fit(epochs=1, batch_size=16, **dict(np.load({str(tmp_path / 'data.npz')!r})))
+        np.savez({str(tmp_path / 'resumed.npz')!r}, **trainer.state_dict())
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    resumed = np.load(tmp_path / "resumed.npz")
+    for name, value in straight.state_dict().items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+
+
+# -- dropout ----------------------------------------------------------------------------------
+
+def test_dropout_masks_are_identical_to_the_reference():
+    """y = dropout(W), loss = sum((y - 1)^2): d loss / d W is exactly 0 where the mask dropped."""
+    b = nncc.GraphBuilder()
+    w = b.param("W", (64, 50), init="ones")
+    t = b.param("target", (64, 50), init="zeros")
+    b.mse_loss(b.dropout(w, p=0.3, name="drop"), t, name="loss", reduction="sum")
+    trainer = nncc.compile(b.graph, outputs=[], optimizer=nncc.SGD(lr=0.0), batch_size=1, seed=11)
+    ref = nncc.testing.reference_for(trainer)
+    for step in range(3):
+        want = ref.gradients()["W"] != 0
+        trainer.step()
+        ref.step()
+        got = trainer.grads["W"] != 0
+        np.testing.assert_array_equal(got, want, err_msg=f"mask at step {step}")
+        assert 0.6 < got.mean() < 0.8  # keeps ~70 %
+
+
+def test_dropout_is_the_identity_in_eval_and_zero_p_changes_nothing():
+    trainer = nncc.compile(small_w4(p=0.5), outputs=["drop", "logits"], batch_size=16)
+    data = small_data(16)
+    out = trainer.predict(**data)
+    ref = nncc.testing.reference_for(trainer)
+    np.testing.assert_allclose(out["drop"], np.maximum(ref.forward(**data)["ln"], 0), rtol=1e-5, atol=1e-6)
+
+
+# -- normalisation vs torch -------------------------------------------------------------------
+
+def torch_w4(trainer, data, steps, lr=0.01):
+    torch = pytest.importorskip("torch")
+    P = {k: torch.tensor(v.copy()) for k, v in trainer.params.items()}
+    fc1 = torch.nn.Linear(12, 10)
+    ln = torch.nn.LayerNorm(10, eps=1e-5)
+    fc2 = torch.nn.Linear(10, 10, bias=False)
+    bn = torch.nn.BatchNorm1d(10, eps=1e-5, momentum=0.1)
+    head = torch.nn.Linear(10, 4)
+    with torch.no_grad():
+        fc1.weight.copy_(P["fc1.W"].T), fc1.bias.copy_(P["fc1.b"])
+        ln.weight.copy_(P["ln.gain"]), ln.bias.copy_(P["ln.bias"])
+        fc2.weight.copy_(P["fc2.W"].T)
+        bn.weight.copy_(P["bn.gain"]), bn.bias.copy_(P["bn.bias"])
+        head.weight.copy_(P["logits.W"].T), head.bias.copy_(P["logits.b"])
+    net = torch.nn.Sequential(fc1, ln, torch.nn.ReLU(), torch.nn.Dropout(0.0), fc2, bn, torch.nn.ReLU(), head)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    x, y = torch.tensor(data["x"]), torch.tensor(data["y"].astype(np.int64))
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    net.eval()
+    return losses, net, bn, net(x).detach().numpy()
+
+
+def test_w4_without_dropout_matches_torch_over_10_steps():
+    trainer = nncc.compile(small_w4(p=0.0), outputs=["logits"], optimizer=nncc.SGD(lr=0.01), batch_size=32)
+    data = small_data(32)
+    want, net, bn, eval_logits = torch_w4(trainer, data, 10)
+    got = [trainer.step(**data) for _ in range(10)]
+    # float32 on both sides from the same start; reductions differ in order: ~1e-7 per op.
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trainer.buffers["bn.running_mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trainer.buffers["bn.running_var"], bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trainer.params["ln.gain"], net[1].weight.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trainer.predict(**data)["logits"], eval_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_w4_matches_the_reference_over_10_steps_masks_included():
+    trainer = nncc.compile(small_w4(p=0.2), outputs=["logits"], optimizer=nncc.SGD(lr=0.05, momentum=0.9),
+                           batch_size=32)
+    nncc.testing.assert_matches_reference(trainer, small_data(32), steps=10)
+
+
+def test_batch_norm_needs_two_rows_in_training():
+    trainer = nncc.compile(small_w4(), outputs=["logits"], batch_size=16)
+    with pytest.raises(FeedError, match=r"batch_norm 'bn' needs at least 2 rows"):
+        trainer.step(**small_data(1))
+    assert trainer.predict(**small_data(1))["logits"].shape == (1, 4)  # eval mode: running stats
