@@ -24,6 +24,9 @@ RUNTIME_SCALARS = {
     "t": ("float", "(float)(rt->step + 1)", "1-based number of this optimizer step"),
     "seed": ("uint64_t", "rt->seed", "seed of the dropout masks"),
     "step": ("int64_t", "rt->step", "optimizer steps taken before this one"),
+    "row0": ("int64_t", "rt->accumulated_rows", "rows accumulated before this micro-batch"),
+    "inv_rows": ("float", "1.0f / (float)(rt->accumulated_rows > 0 ? rt->accumulated_rows : 1)",
+                 "1 / the rows accumulated (1 when none)"),
 }
 
 
@@ -89,6 +92,7 @@ def _entry_view(entry: Entry, program: Program):
             "can_fail": error_code > 0, "outputs": outputs,
             "signature": f"int nncc_{entry.name}(nncc_runtime *rt, float *arena, int64_t n_total{args})",
             "loss": entry.loss, "loss_pointer": entry.pointers.get(entry.loss),
+            "step_loss_pointer": entry.pointers.get(g.loss),
             "loss_mean": bool(entry.loss) and g[entry.loss].attrs.get("reduction", "mean") == "mean",
             "runtime": [{"name": r, "ctype": RUNTIME_SCALARS[r][0], "value": RUNTIME_SCALARS[r][1],
                          "doc": RUNTIME_SCALARS[r][2]}
@@ -133,8 +137,9 @@ def emit(program: Program, model_name="model") -> CSource:
         "train": _entry_view(program.train, program),
         "eval": _entry_view(program.eval, program),
         "evaluate": _entry_view(program.evaluate, program),
+        "accumulate": program.accumulate and _entry_view(program.accumulate, program),
+        "apply": program.apply and _entry_view(program.apply, program),
         "shuffle_key": SHUFFLE_KEY,
-        "loss_pointer": program.train.pointers[program.loss],
     }
     declarations = ENV.get_template("declarations.h.j2").render(context)
     header = ENV.get_template("module.h.j2").render(context, declarations=declarations)

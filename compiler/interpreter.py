@@ -26,6 +26,8 @@ class Context:
         self.t = interp.global_step + 1  # the 1-based number of the step being taken
         self.step = interp.global_step     # steps taken before this one (dropout masks)
         self.seed = interp.seed
+        self.row0 = interp.accumulated_rows
+        self.inv_rows = 1.0 / max(interp.accumulated_rows, 1)
 
     def feed(self, name):
         return self.feeds[name]
@@ -61,6 +63,7 @@ class Interpreter:
         self.global_step = 0
         self.seed = self.shuffle_seed = seed
         self.epoch = 0
+        self.accumulated_rows = 0
         g = self.train_graph
         self.state = {name: initial_value(g[name], seed).astype(np.float64)
                       for name in (*g.params, *g.state)}

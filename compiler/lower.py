@@ -94,8 +94,9 @@ PHASE_PREFIX = {"forward": "fwd", "backward": "bwd", "update": "upd"}
 def lower(graph: Graph, keep, fusion=True, prefix=None):
     """Kernels of `graph` in execution order. `keep`: nodes that must be materialised.
 
-    Loop kernels are named <prefix>_<root node>, the prefix being the phase (fwd, bwd,
-    upd) unless given (the eval entry's are eval_*).
+    Loop kernels are named <phase>_<root node> (phase fwd, bwd, upd) or update_<target>
+    for in-place writes; `prefix` (the entry, for entries other than the train step) goes
+    in front, so every entry's kernels have names of their own.
     """
     pointers = {}
     for node in graph:  # in-place updates write their target's buffer
@@ -117,7 +118,7 @@ def lower(graph: Graph, keep, fusion=True, prefix=None):
         if group is None or group.root != node.name or group in emitted:
             continue
         emitted.add(group)
-        kernels.append(_loop_kernel(graph, group, pointer, prefix or PHASE_PREFIX[node.phase]))
+        kernels.append(_loop_kernel(graph, group, pointer, prefix))
     return kernels, pointers
 
 
@@ -213,7 +214,8 @@ def _loop_kernel(graph, group, pointer, prefix):
     store = Operand(root.name, pointer(root.name), index_of(root.shape))
     accumulate = get_op(root.op).kind == REDUCE
     target = root.attrs.get("writes")
-    name = f"update_{c_name(target)}" if target else f"{prefix}_{c_name(root.name)}"
+    name = f"update_{c_name(target)}" if target else f"{PHASE_PREFIX[root.phase]}_{c_name(root.name)}"
+    name = f"{prefix}_{name}" if prefix else name
     comment = _expression_text(graph, root.name, members)
     return Kernel(name=name, nodes=group.nodes, reads=tuple(reads),
                   writes=(root.name,), loops=loops, inputs=inputs, body=body,

@@ -28,13 +28,15 @@ class Buffer:
     end: int       # last kernel index reading it (len(kernels): after the program)
 
 
-def plan_pinned(graph, capacity):
-    """Params, state and grads at fixed offsets from 0; returns (buffers, end offset)."""
+def plan_pinned(graph, capacity, more_state=()):
+    """Params, state (the graph's and `more_state`: (name, node) of other entries' state)
+    and grads at fixed offsets from 0; returns (buffers, end offset)."""
     buffers, offset = {}, 0
-    grads = set(graph.grads.values())
-    for kind, names in (("param", graph.params), ("state", graph.state), ("grad", sorted(grads))):
+    nodes = {**dict(more_state), **graph.nodes}
+    state = list(graph.state) + [name for name, _ in more_state if name not in graph.state]
+    for kind, names in (("param", graph.params), ("state", state), ("grad", sorted(set(graph.grads.values())))):
         for name in names:
-            size = aligned(numel(graph[name].shape, capacity))
+            size = aligned(numel(nodes[name].shape, capacity))
             buffers[name] = Buffer(name, offset, size, kind, -1, 1 << 60)
             offset += size
     return buffers, offset

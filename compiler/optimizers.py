@@ -49,11 +49,12 @@ def append_state_updates(graph: Graph) -> Graph:
         hook = get_op(node.op).state
         if hook:
             hook(b, node)
-    return _sources_first(graph, b)
+    return with_new_state(graph, b)
 
 
-def _sources_first(graph, b):
-    """The builder's nodes, new state sources moved to the front (keeps topological order)."""
+def with_new_state(graph, b):
+    """The builder's nodes, new state sources moved to the front (keeps topological order),
+    and registered as the graph's state."""
     states = [n.name for n in b.new if n.op == "state"]
     ordered = [b.nodes[s] for s in states] + [n for n in b.nodes.values() if n.name not in states]
     return graph.replace(nodes={n.name: n for n in ordered}, state=graph.state + tuple(states))
@@ -66,7 +67,7 @@ def append_update(graph: Graph, optimizer) -> Graph:
         state = {key: b.op("state", name=f"{param}.{key}", shape=graph[param].shape, init="zeros")
                  for key in optimizer.state_buffers(param)}
         optimizer.build(b, param, graph.grads[param], state)
-    return _sources_first(graph, b)
+    return with_new_state(graph, b)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass, field
 
 from .autodiff import GradBuilder, differentiate
-from .ir import BATCH, FORWARD, Graph
+from .ir import BATCH, FORWARD, UPDATE, Graph
 from .load import infer_shapes, load, validate_training
 from .ops import SOURCE, get_op
-from .optimizers import append_state_updates, append_update
+from .optimizers import append_state_updates, append_update, with_new_state
 
 
 def roots(graph: Graph):
@@ -64,18 +64,55 @@ class Pipeline:
         return result
 
 
-def build_train_graph(user_graph, loss, outputs, optimizer, pipeline=None) -> Graph:
-    """load -> shapes -> validate -> autodiff -> optimizer update -> CSE -> DCE."""
+def differentiated_graph(user_graph, loss, outputs, pipeline=None) -> Graph:
+    """load -> shapes -> validate -> autodiff -> state updates: what every train entry shares."""
     p = pipeline or Pipeline()
     g = p.run("load", load, user_graph, loss, outputs)
     g = p.run("infer shapes", infer_shapes, g)
     g = p.run("validate", validate_training, g)
     g = p.run("autodiff", differentiate, g)
-    g = p.run("state updates", append_state_updates, g)
-    g = p.run("optimizer update", append_update, g, optimizer)
-    g = p.run("cse", eliminate_common_subexpressions, g)
-    g = p.run("dce", eliminate_dead_code, g)
-    return g
+    return p.run("state updates", append_state_updates, g)
+
+
+def optimized(graph, pipeline=None) -> Graph:
+    p = pipeline or Pipeline()
+    return p.run("dce", eliminate_dead_code, p.run("cse", eliminate_common_subexpressions, graph))
+
+
+def build_train_graph(user_graph, loss, outputs, optimizer, pipeline=None) -> Graph:
+    """The train step: ... -> optimizer update -> CSE -> DCE."""
+    p = pipeline or Pipeline()
+    g = differentiated_graph(user_graph, loss, outputs, p)
+    return optimized(p.run("optimizer update", append_update, g, optimizer), p)
+
+
+def build_accumulation_graphs(user_graph, loss, outputs, optimizer):
+    """Gradient accumulation: (accumulate, apply) graphs.
+
+    accumulate: forward, backward and state updates, then grad_sum += (n *) grad per param.
+    apply: the optimizer update from grad_sum (averaged over the rows for a mean loss),
+    then grad_sum reset to zero.
+    """
+    g = differentiated_graph(user_graph, loss, outputs)
+    per_row = g[g.loss].attrs.get("reduction", "mean") == "mean"
+    b = GradBuilder(g, phase=UPDATE)
+    sums = {p: b.op("state", name=f"{p}.grad_sum", shape=g[p].shape, init="zeros") for p in g.params}
+    for p, total in sums.items():
+        b.op("grad_accumulate", total, g.grads[p], name=f"update({total})", per_row=per_row, writes=total)
+    accumulate = optimized(with_new_state(g, b))
+
+    params = [g[p] for p in g.params]
+    apply = Graph(nodes={n.name: n for n in params + [b.nodes[s] for s in sums.values()]},
+                  loss=None, params=g.params, state=tuple(sums.values()))
+    b = GradBuilder(apply, phase=UPDATE)
+    grads = {p: b.op("grad_average", s, name=f"mean({s})") if per_row else s for p, s in sums.items()}
+    apply = append_update(apply.replace(nodes=b.nodes, grads=grads), optimizer)
+    b = GradBuilder(apply, phase=UPDATE)
+    for p, total in sums.items():
+        b.op("fill_zero", f"update({p})", name=f"reset({total})", writes=total)
+    apply = apply.replace(nodes=b.nodes)
+    return accumulate, apply
+
 
 
 def to_eval_mode(graph: Graph) -> Graph:

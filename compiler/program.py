@@ -40,6 +40,8 @@ class Program:
     train: Entry
     eval: Entry
     evaluate: Entry      # eval mode with the loss: validation loss and accuracy
+    accumulate: Entry | None   # gradient accumulation (compile(..., accumulate=True))
+    apply: Entry | None
     capacity: int        # the batch size buffers are planned for
     arena_floats: int
     pinned_floats: int
@@ -49,7 +51,7 @@ class Program:
 
     @property
     def entries(self):
-        return (self.train, self.eval, self.evaluate)
+        return tuple(e for e in (self.train, self.eval, self.evaluate, self.accumulate, self.apply) if e)
 
     def naive_floats(self):
         """What the arena would take without reuse: one buffer per planned value."""
@@ -74,8 +76,12 @@ def _staging_size(graph, feed, capacity):
     return aligned(capacity * row_size(graph, feed))
 
 
-def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacity: int, fusion=True) -> Program:
-    pinned, top = plan_pinned(train, capacity)
+def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacity: int, fusion=True,
+                 accumulation=None) -> Program:
+    """Lower and plan every entry. `accumulation`: (accumulate, apply) graphs, or None."""
+    accumulate, apply = accumulation or (None, None)
+    extra_state = [(s, accumulate[s]) for s in accumulate.state] if accumulate else []
+    pinned, top = plan_pinned(train, capacity, extra_state)
     staging = {}
     for feed in train.inputs:
         staging[feed] = top
@@ -85,9 +91,12 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
     specs = (("train", train, (), train.loss),
              ("eval", eval_graph, eval_graph.outputs, None),
              ("evaluate", evaluate_graph, evaluate_graph.outputs, evaluate_graph.loss))
+    if accumulation:
+        specs += (("accumulate", accumulate, (), accumulate.loss), ("apply", apply, (), None))
     for name, graph, outputs, loss in specs:
         keep = set(outputs) | ({loss} if loss else set())
-        kernels, pointers = lower(graph, keep | set(pinned), fusion=fusion, prefix=None if name == "train" else name)
+        prefix = None if name == "train" else name
+        kernels, pointers = lower(graph, keep | set(pinned), fusion=fusion, prefix=prefix)
         planned, end = plan_program(graph, kernels, pinned, pinned_end, capacity, keep)
         buffers = {**{k: v for k, v in pinned.items() if k in graph.nodes}, **planned}
         for node in graph:  # in-place writes land in their target's buffer
@@ -97,9 +106,10 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
         errors = tuple(k.nodes[0] for k in kernels if k.can_fail)
         feeds = tuple(i for i in graph.inputs if i in keep or any(i in k.reads for k in kernels))
         entries[name] = Entry(name, graph, kernels, pointers, buffers, feeds, errors, tuple(outputs),
-                              loss if name != "train" else None)
+                              loss if name in ("eval", "evaluate") else None)
         top = max(top, end)
     return Program(train=entries["train"], eval=entries["eval"], evaluate=entries["evaluate"],
+                   accumulate=entries.get("accumulate"), apply=entries.get("apply"),
                    capacity=capacity, arena_floats=top, pinned_floats=pinned_end, staging=staging,
                    outputs=tuple(eval_graph.outputs), loss=train.loss)
 

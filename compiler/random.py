@@ -26,9 +26,9 @@ def stream(seed, step, key):
         return mix64(base) ^ (np.uint64(key) * KEY_MULT)
 
 
-def keep_mask(seed, step, key, count, p):
-    """Booleans for elements 0..count-1: True where the element survives dropout(p)."""
-    index = np.arange(count, dtype=np.uint64)
+def keep_mask(seed, step, key, count, p, first=0):
+    """Booleans for elements first..first+count-1: True where the element survives dropout(p)."""
+    index = np.arange(first, first + count, dtype=np.uint64)
     with np.errstate(over="ignore"):
         bits = mix64(stream(seed, step, key) + GOLDEN * index) >> np.uint64(32)
     return bits >= np.uint64(dropout_threshold(p))

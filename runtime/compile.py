@@ -7,7 +7,8 @@ from pathlib import Path
 
 from nncc.compiler.emit import emit
 from nncc.compiler.optimizers import SGD
-from nncc.compiler.passes import Pipeline, build_eval_graph, build_train_graph, evaluation_outputs
+from nncc.compiler.passes import (Pipeline, build_accumulation_graphs, build_eval_graph, build_train_graph,
+                                  evaluation_outputs)
 from nncc.compiler.program import make_program
 
 from .build import build, load_library
@@ -27,17 +28,20 @@ class CompileSpec:
     seed: int
     fusion: bool
     name: str
+    accumulate: bool = False
 
 
 def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=32, seed=0, *,
-                  fusion=True, name="model", debug_dir=None):
+                  fusion=True, accumulate=False, name="model", debug_dir=None):
     """Compile a training graph to C and return a ready `Trainer`.
 
     graph: nx.DiGraph of ops (see README "The graph").
     loss: name of the scalar loss node. outputs: node names `predict` returns (default: the
     loss's non-input predecessors). optimizer: nncc.SGD(...) (default SGD(lr=0.01)).
     batch_size: the most rows one `step` takes (fewer run without a rebuild).
-    seed: initial values of params with an `init`. fusion: fuse elementwise chains.
+    seed: initial values of params with an `init`, dropout masks, fit's shuffle.
+    fusion: fuse elementwise chains. accumulate: also build gradient accumulation
+    (`accumulate_gradients` / `apply_gradients`; one extra buffer the size of each param).
     debug_dir: write every stage's graph and the C source there.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -47,8 +51,9 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     train = build_train_graph(graph, loss, outputs, optimizer, pipeline)
     eval_graph = pipeline.run("eval graph", build_eval_graph, graph, train.outputs)
     evaluate_graph = build_eval_graph(graph, evaluation_outputs(train), train.loss)
+    accumulation = build_accumulation_graphs(graph, loss, outputs, optimizer) if accumulate else None
     program = pipeline.run("lower + memory plan", make_program, train, eval_graph, evaluate_graph, batch_size,
-                           fusion)
+                           fusion, accumulation)
     code = pipeline.run("emit C", emit, program, name)
     result = build(code.source, code.header, name)
     pipeline.timings["build (cache hit)" if result.cache_hit else "build (cc)"] = result.seconds
@@ -57,7 +62,7 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     pipeline.timings["dlopen"] = time.perf_counter() - start
     report = make_report(name, program, pipeline.timings)
     report.cache_hit, report.cache_key, report.library = result.cache_hit, result.key, str(result.library)
-    spec = CompileSpec(graph, loss, tuple(train.outputs), optimizer, batch_size, seed, fusion, name)
+    spec = CompileSpec(graph, loss, tuple(train.outputs), optimizer, batch_size, seed, fusion, name, accumulate)
     trainer = Trainer(program, ffi, lib, spec=spec, report=report, seed=seed)
     trainer.source, trainer.header = code.source, code.header
     if debug_dir is not None:

@@ -92,14 +92,45 @@ class Trainer:
         """One train step (forward, backward, update) on 1..batch_size rows; returns the loss."""
         entry = self.program.train
         arrays, n = gather(entry.graph, entry.feeds, feeds, "step()", self.program.train.graph.inputs)
-        if not 1 <= n <= self.program.capacity:
-            raise FeedError(f"step() takes 1..{self.program.capacity} rows (the batch_size the trainer "
-                            f"was compiled for), got {n}", feed=entry.feeds[0])
-        args = [self._ffi.from_buffer(_ctype(a), a) for a in arrays]
-        code = self._lib.nncc_train_step(self._rt, self._arena_ptr, n, *args)
+        self._check_rows(n, entry, "step()")
+        code = self._lib.nncc_train_step(self._rt, self._arena_ptr, n, *self._pointers(arrays))
         if code:
             self._raise(entry, code, dict(zip(entry.feeds, arrays)))
         return float(self._rt.loss)
+
+    def accumulate_gradients(self, **feeds) -> float:
+        """Forward and backward on 1..batch_size rows, adding the gradients to those of the
+        rows accumulated since the last `apply_gradients`; returns this batch's loss. Needs
+        compile(..., accumulate=True)."""
+        entry = self._accumulation_entry("accumulate")
+        arrays, n = gather(entry.graph, entry.feeds, feeds, "accumulate_gradients()", self.program.train.graph.inputs)
+        self._check_rows(n, entry, "accumulate_gradients()")
+        code = self._lib.nncc_accumulate(self._rt, self._arena_ptr, n, *self._pointers(arrays))
+        if code:
+            self._raise(entry, code, dict(zip(entry.feeds, arrays)))
+        return float(self._rt.loss)
+
+    def apply_gradients(self):
+        """One optimizer step with the gradient of all rows accumulated (for a mean loss:
+        their mean), exactly as one step on a batch of all of them; then resets the sums."""
+        self._accumulation_entry("apply")
+        if self._rt.accumulated_rows == 0:
+            raise RuntimeError("apply_gradients(): no gradients accumulated since the last apply")
+        self._lib.nncc_apply(self._rt, self._arena_ptr)
+
+    def _accumulation_entry(self, name):
+        entry = getattr(self.program, name)
+        if entry is None:
+            raise RuntimeError("gradient accumulation was not compiled: use nncc.compile(..., accumulate=True)")
+        return entry
+
+    def _check_rows(self, n, entry, what):
+        if not 1 <= n <= self.program.capacity:
+            raise FeedError(f"{what} takes 1..{self.program.capacity} rows (the batch_size the trainer "
+                            f"was compiled for), got {n}", feed=entry.feeds[0] if entry.feeds else None)
+
+    def _pointers(self, arrays):
+        return [self._ffi.from_buffer(_ctype(a), a) for a in arrays]
 
     def predict(self, **feeds) -> dict:
         """Eval-mode outputs for any number of rows: output name -> float32 array."""
@@ -131,8 +162,7 @@ class Trainer:
         """Run an eval-mode entry over all rows; returns (outputs, loss or None)."""
         arrays, n = gather(entry.graph, entry.feeds, feeds, what, self.program.train.graph.inputs)
         outs = {o: np.empty(concrete(entry.graph[o].shape, n), dtype=np.float32) for o in entry.outputs}
-        args = [self._ffi.from_buffer(_ctype(a), a) for a in arrays]
-        args += [self._ffi.from_buffer("float[]", outs[o]) for o in entry.outputs]
+        args = self._pointers(arrays) + [self._ffi.from_buffer("float[]", outs[o]) for o in entry.outputs]
         loss = self._ffi.new("double *") if entry.loss else None
         code = getattr(self._lib, f"nncc_{entry.name}")(self._rt, self._arena_ptr, n, *args, *([loss] if loss else []))
         if code:

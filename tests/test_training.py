@@ -195,3 +195,43 @@ def test_batch_norm_needs_two_rows_in_training():
     with pytest.raises(FeedError, match=r"batch_norm 'bn' needs at least 2 rows"):
         trainer.step(**small_data(1))
     assert trainer.predict(**small_data(1))["logits"].shape == (1, 4)  # eval mode: running stats
+
+
+# -- gradient accumulation --------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_k_accumulated_micro_batches_equal_one_batch_of_k_b(reduction):
+    graph = classifier.model()
+    graph.nodes["loss"]["reduction"] = reduction
+    for node in ("h",):  # dropout too: micro-batches draw the masks of the big batch's rows
+        graph.add_node("drop", op="dropout", p=0.25)
+        for user in list(graph.successors(node)):
+            arg = graph.edges[node, user]["arg"]
+            graph.remove_edge(node, user)
+            graph.add_edge("drop", user, arg=arg)
+        graph.add_edge(node, "drop", arg=0)
+    opt = nncc.SGD(lr=0.01, momentum=0.9)
+    micro = nncc.compile(graph, outputs=["logits"], optimizer=opt, batch_size=8, accumulate=True)
+    whole = nncc.compile(graph, outputs=["logits"], optimizer=opt, batch_size=32)
+    data = classifier.data(rows=64)
+    for step in range(2):
+        rows = slice(32 * step, 32 * step + 32)
+        losses = [micro.accumulate_gradients(**{k: v[rows][8 * i:8 * i + 8] for k, v in data.items()})
+                  for i in range(4)]
+        micro.apply_gradients()
+        big = whole.step(**{k: v[rows] for k, v in data.items()})
+        combined = np.mean(losses) if reduction == "mean" else np.sum(losses)
+        np.testing.assert_allclose(combined, big, rtol=1e-5)
+    for name, value in whole.params.items():
+        # float32 sums in another order (4 partial sums of 8 rows vs one of 32): ~1e-7 relative.
+        np.testing.assert_allclose(micro.params[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert micro.global_step == whole.global_step == 2
+
+
+def test_apply_needs_accumulated_gradients_and_the_compile_flag():
+    plain = nncc.compile(classifier.model(), outputs=["logits"], batch_size=8)
+    with pytest.raises(RuntimeError, match="accumulate=True"):
+        plain.accumulate_gradients(**classifier.data(rows=8))
+    micro = nncc.compile(classifier.model(), outputs=["logits"], batch_size=8, accumulate=True)
+    with pytest.raises(RuntimeError, match="no gradients accumulated"):
+        micro.apply_gradients()

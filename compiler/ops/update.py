@@ -11,10 +11,9 @@ def _same(node, shapes):
     return broadcast_shapes(node, *shapes)
 
 
-def _samples(arity):
-    return lambda rng: [([rng.normal(size=(4, 3)) for _ in range(arity)],
-                         {"weight_decay": 0.1, "momentum": 0.9, "nesterov": nesterov})
-                        for nesterov in (False, True)]
+def _momentum_samples(rng):
+    return [([rng.normal(size=(4, 3)) for _ in range(3)], {"weight_decay": 0.1, "momentum": 0.9, "nesterov": nesterov})
+            for nesterov in (False, True)]
 
 
 register(OpDef(
@@ -23,7 +22,8 @@ register(OpDef(
     reference=lambda ctx, node, p, g: p - ctx.lr * (g + node.attrs["weight_decay"] * p),
     c_expr=lambda node: ("{0} - lr * ({1} + {weight_decay} * {0})" if node.attrs["weight_decay"]
                          else "{0} - lr * {1}"),
-    samples=_samples(2),
+    samples=lambda rng: [([rng.normal(size=(4, 3)), rng.normal(size=(4, 3))], {"weight_decay": wd})
+                         for wd in (0.0, 0.1)],
     doc="p - lr * (g + weight_decay * p): plain SGD on param p with gradient g.",
 ))
 
@@ -33,7 +33,7 @@ register(OpDef(
     shape=_same,
     reference=lambda ctx, node, v, g, p: node.attrs["momentum"] * v + g + node.attrs["weight_decay"] * p,
     c_expr="{momentum} * {0} + ({1} + {weight_decay} * {2})",
-    samples=_samples(3),
+    samples=_momentum_samples,
     doc="The momentum buffer v <- momentum * v + (g + weight_decay * p), as torch.optim.SGD.",
 ))
 
@@ -50,7 +50,7 @@ register(OpDef(
     shape=_same, runtime=("lr",), reference=_momentum_step_reference,
     c_expr=lambda node: ("{0} - lr * (({1} + {weight_decay} * {0}) + {momentum} * {2})"
                          if node.attrs["nesterov"] else "{0} - lr * {2}"),
-    samples=_samples(3),
+    samples=_momentum_samples,
     doc="p - lr * v (or the Nesterov direction) given the updated momentum buffer v.",
 ))
 
@@ -113,4 +113,31 @@ register(OpDef(
                          " / (sqrtf({2}) / (float)sqrt(1.0 - pow({beta2_double}, t)) + {eps})"),
     samples=_adam_samples,
     doc="p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps), inputs (p, m, v).",
+))
+
+
+# -- gradient accumulation: micro-batch gradients summed into `<param>.grad_sum`, then
+# averaged over all the rows seen (for a mean loss) when the update is applied, so k
+# micro-batches give the update of one batch of all their rows.
+
+register(OpDef(
+    name="grad_accumulate", arity=2, kind=ELEMENTWISE, attrs={"per_row": True}, shape=_same,
+    reference=lambda ctx, node, s, g: s + (ctx.n * g if node.attrs["per_row"] else g),
+    c_expr=lambda node: "{0} + (float)n * {1}" if node.attrs["per_row"] else "{0} + {1}",
+    samples=lambda rng: [([rng.normal(size=(4, 3)), rng.normal(size=(4, 3))], {"per_row": r}) for r in (True, False)],
+    doc="grad_sum + n * g for a mean loss (g is a mean over n rows), else grad_sum + g.",
+))
+
+register(OpDef(
+    name="grad_average", arity=1, kind=ELEMENTWISE, shape=_same, runtime=("inv_rows",),
+    reference=lambda ctx, node, s: s * ctx.inv_rows, c_expr="{0} * inv_rows",
+    samples=lambda rng: [([rng.normal(size=(4, 3))], {})],
+    doc="grad_sum / rows accumulated: the mean-loss gradient of all accumulated rows.",
+))
+
+register(OpDef(
+    name="fill_zero", arity=1, kind=ELEMENTWISE, shape=_same,
+    reference=lambda ctx, node, x: np.zeros_like(x), c_expr="0.0f",
+    samples=lambda rng: [([rng.normal(size=(4, 3))], {})],
+    doc="zeros (resets an accumulator in place; its input orders it after the last read).",
 ))
