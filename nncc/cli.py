@@ -6,7 +6,6 @@ import argparse
 import runpy
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,16 +113,10 @@ def main(argv=None):
 
 
 def train(trainer, data, epochs):
-    """Mini-batch epochs, reshuffled each epoch, with the loss per epoch."""
+    """Whole epochs in C (`Trainer.fit`), reshuffled each epoch, the loss per epoch."""
     rows = len(next(iter(data.values())))
-    rng = np.random.default_rng(0)
-    print(f"\ntrain: {epochs} epochs of {rows} rows, batches of {trainer.batch_size}")
-    for epoch in range(1, epochs + 1):
-        start, order, losses = time.perf_counter(), rng.permutation(rows), []
-        for lo in range(0, rows, trainer.batch_size):
-            idx = order[lo:lo + trainer.batch_size]
-            losses.append(trainer.step(**{k: v[idx] for k, v in data.items()}) * len(idx))
-        print(f"  epoch {epoch:>3}  loss {sum(losses) / rows:.6f}  ({time.perf_counter() - start:.2f} s)")
+    print(f"\ntrain: {epochs} epochs of {rows} rows, batches of {trainer.batch_size} (fit, one C call per epoch)")
+    trainer.fit(epochs=epochs, batch_size=trainer.batch_size, shuffle=True, verbose=True, **data)
 
 
 if __name__ == "__main__":

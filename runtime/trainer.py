@@ -187,6 +187,14 @@ class Trainer:
 
         save(self, path)
 
+    def restore(self, path):
+        """Load a checkpoint's state into this trainer; it must be of this model."""
+        from .checkpoint import read
+
+        payload = read(path)
+        self.load_state_dict(payload["state"])
+        self.schedule = payload["schedule"]
+
     def load_state_dict(self, state: dict):
         """Restore what `state_dict` returned; every array must fit its buffer exactly."""
         tensors = {**self.params, **self.buffers}

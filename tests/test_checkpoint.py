@@ -74,3 +74,20 @@ def test_not_a_checkpoint(tmp_path):
     path.write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         nncc.load(path)
+
+
+def test_restoring_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    trainer = nncc.compile(mlp(), optimizer=OPTIMIZER, batch_size=ROWS)
+    trainer.save(tmp_path / "a.nncc")
+    graph = mlp()
+    graph.nodes["W0"]["shape"] = (6, 7)
+    graph.nodes["b0"]["shape"] = (7,)
+    graph.nodes["W1"]["shape"] = (7, 3)
+    other = nncc.compile(graph, optimizer=OPTIMIZER, batch_size=ROWS)
+    before = other.state_dict()
+    with pytest.raises(CheckpointError, match=r"'W0': shape \(6, 5\) in the state, \(6, 7\) in the model"):
+        other.restore(tmp_path / "a.nncc")
+    for name, value in other.state_dict().items():  # nothing was half-loaded
+        np.testing.assert_array_equal(value, before[name])
+    same = nncc.compile(mlp(), optimizer=OPTIMIZER, batch_size=ROWS)
+    same.restore(tmp_path / "a.nncc")
