@@ -46,6 +46,7 @@ class Trainer:
         self._rt.seed = self._rt.shuffle_seed = seed
         self.schedule = spec.optimizer.schedule
         train = program.train
+        self._step_args = ArgumentCache(train.feeds)
         self.params = {p: self._view(p) for p in train.graph.params}
         self.buffers = {s: self._view(s) for s in train.graph.state}
         self.grads = {p: self._view(g) for p, g in train.graph.grads.items()}
@@ -90,12 +91,16 @@ class Trainer:
     # -- training and inference ----------------------------------------------------------
     def step(self, **feeds) -> float:
         """One train step (forward, backward, update) on 1..batch_size rows; returns the loss."""
-        entry = self.program.train
-        arrays, n = gather(entry.graph, entry.feeds, feeds, "step()", self.program.train.graph.inputs)
-        self._check_rows(n, entry, "step()")
-        code = self._lib.nncc_train_step(self._rt, self._arena_ptr, n, *self._pointers(arrays))
+        args = self._step_args.reuse(feeds)
+        if args is None:  # a new set of arrays: check and convert them (the slow path)
+            entry = self.program.train
+            arrays, n = gather(entry.graph, entry.feeds, feeds, "step()", entry.graph.inputs)
+            self._check_rows(n, entry, "step()")
+            args = self._step_args.remember(feeds, arrays, n, self._pointers(arrays))
+        code = self._lib.nncc_train_step(self._rt, self._arena_ptr, *args)
         if code:
-            self._raise(entry, code, dict(zip(entry.feeds, arrays)))
+            entry = self.program.train
+            self._raise(entry, code, dict(zip(entry.feeds, self._step_args.arrays)))
         return float(self._rt.loss)
 
     def accumulate_gradients(self, **feeds) -> float:
@@ -211,6 +216,35 @@ class Trainer:
         for key, (field, kind, _) in COUNTERS.items():
             if key in state:
                 setattr(self._rt, field, kind(state[key]))
+
+
+class ArgumentCache:
+    """The C arguments of the last call, reused while the caller passes the very same array
+    objects (same shapes): a training loop over one batch buffer then pays no checks and
+    no conversions, about 1 us less per step. We hold references, so the memory stays valid.
+    """
+
+    def __init__(self, names):
+        self.names = names
+        self.feeds, self.shapes, self.arrays, self.args = None, None, None, None
+
+    def reuse(self, feeds):
+        if self.feeds is None or len(feeds) != len(self.feeds):
+            return None
+        for name, array in feeds.items():
+            cached = self.feeds.get(name)
+            if cached is not array or array.shape != self.shapes[name]:
+                return None
+        return self.args
+
+    def remember(self, feeds, arrays, n, pointers):
+        """Cache the arguments, unless a feed was converted (a copy would go stale)."""
+        converted = any(feeds.get(name) is not array for name, array in zip(self.names, arrays))
+        self.feeds = None if converted else dict(feeds)
+        self.shapes = {k: getattr(v, "shape", None) for k, v in feeds.items()}
+        self.arrays = arrays
+        self.args = (n, *pointers)
+        return self.args
 
 
 def _ctype(array):

@@ -386,3 +386,23 @@ def test_node_names_are_only_names(names):
         np.testing.assert_array_equal(saved[p], trainer.params[p], err_msg=p)
     trainer.load_state_dict(saved)
     compare_state(trainer, ref, "after a state_dict round trip")
+
+
+def test_step_reuses_arguments_only_for_unconverted_arrays():
+    """A float64 feed is converted each call: editing it in place must be seen next step."""
+    import nncc as _nncc
+
+    b = _nncc.GraphBuilder()
+    x = b.input("x", (None, 2))
+    t = b.input("t", (None, 1))
+    b.mse_loss(b.linear(x, 2, 1, name="fc"), t, name="loss")
+    trainer = _nncc.compile(b.graph, optimizer=_nncc.SGD(lr=0.0), batch_size=4)
+    xs = np.ones((4, 2))            # float64: converted on every call
+    ts = np.zeros((4, 1), np.float32)
+    first = trainer.step(x=xs, t=ts)
+    xs[...] = 2.0
+    assert trainer.step(x=xs, t=ts) != first
+    x32 = np.ones((4, 2), np.float32)  # float32: reused, and in-place edits are seen too
+    first = trainer.step(x=x32, t=ts)
+    x32[...] = 2.0
+    assert trainer.step(x=x32, t=ts) != first
