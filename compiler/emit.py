@@ -24,7 +24,7 @@ RUNTIME_SCALARS = {
     "t": ("float", "(float)(rt->step + 1)", "1-based number of this optimizer step"),
     "seed": ("uint64_t", "rt->seed", "seed of the dropout masks"),
     "step": ("int64_t", "rt->step", "optimizer steps taken before this one"),
-    "row0": ("int64_t", "rt->accumulated_rows", "rows accumulated before this micro-batch"),
+    "row_offset": ("int64_t", "rt->accumulated_rows", "rows accumulated before this micro-batch"),
     "inv_rows": ("float", "1.0f / (float)(rt->accumulated_rows > 0 ? rt->accumulated_rows : 1)",
                  "1 / the rows accumulated (1 when none)"),
 }
@@ -48,10 +48,13 @@ class CSource:
 
 
 def _params(kernel):
-    """A loop kernel's C parameters: read buffers const, the written one not, no duplicates."""
+    """A loop kernel's C parameters: read buffers const, the written one not, no duplicates
+    (an epilogue reads the product from, and writes the result to, the same buffer)."""
     out_ptrs = {op.pointer for op, _ in kernel.stores}
     params = [(RUNTIME_SCALARS[r][0], r) for r in kernel.runtime]
     for op, _ in kernel.inputs:
+        if any(op.pointer == p for _, p in params):
+            continue
         if op.pointer in out_ptrs:  # read and written in place: one non-const parameter
             params.append(("float *restrict", op.pointer))
         else:
@@ -71,7 +74,11 @@ def _entry_view(entry: Entry, program: Program):
     steps, error_code = [], 0
     for kernel in entry.kernels:
         step = {"comment": kernel.comment}
-        if kernel.is_loop:
+        if kernel.epilogue:
+            fields = ", ".join(["n"] + [p for _, p in _params(kernel)])
+            step["statement"] = (f"{{ const struct {kernel.name}_args epilogue = {{{fields}}}; "
+                                 f"{kernel.epilogue}; }}")
+        elif kernel.is_loop:
             args = ["n"] + [p for _, p in _params(kernel)]
             step["statement"] = f"{kernel.name}({', '.join(args)});"
         elif kernel.can_fail:
@@ -103,7 +110,7 @@ def _loop_view(kernel):
     return {"name": kernel.name, "comment": kernel.comment, "params": _params(kernel),
             "loops": kernel.loops, "inputs": kernel.inputs, "body": kernel.body,
             "stores": kernel.stores, "accumulate": kernel.accumulate,
-            "out_numel": None, "uses_n": _uses_n(kernel)}
+            "out_numel": None, "uses_n": _uses_n(kernel), "epilogue": kernel.epilogue is not None}
 
 
 def _uses_n(kernel):
@@ -116,9 +123,10 @@ def emit(program: Program, model_name="model") -> CSource:
     libraries = list(PRELUDE_LIBRARIES)
     for entry in program.entries:
         for kernel in entry.kernels:
-            lib = None if kernel.is_loop else get_op(entry.graph[kernel.nodes[0]].op).library
-            if lib and lib not in libraries:
-                libraries.append(lib)
+            lib = None if kernel.is_loop and not kernel.epilogue else get_op(entry.graph[kernel.nodes[0]].op).library
+            for name in (lib,) if isinstance(lib, str) else lib or ():
+                if name not in libraries:
+                    libraries.append(name)
     loops = []
     for entry in program.entries:
         for kernel in entry.kernels:

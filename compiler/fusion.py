@@ -15,9 +15,15 @@ from .ops import ELEMENTWISE, REDUCE, SOURCE, get_op
 
 @dataclass(frozen=True)
 class Group:
-    """Nodes computed by one loop kernel (in order); `root` is the last, its output."""
+    """Nodes computed by one loop kernel (in order); `root` is the last, its output.
+
+    `head`, when set, is a matmul whose only consumer is this loop: the loop becomes the
+    GEMM's epilogue, run on each block of the product while it is still in cache, and the
+    product is never stored on its own (the GEMM writes into the root's buffer).
+    """
 
     nodes: tuple
+    head: str | None = None
 
     @property
     def root(self):
@@ -53,10 +59,26 @@ def fuse_elementwise(graph: Graph, keep, enabled=True):
         if enabled:
             _absorb(graph, node, iteration_shape(graph, node), users, keep, members, group_of)
         order = [n.name for n in graph if n.name in set(members)]
-        group = Group(tuple(order))
-        for name in order:
+        head = _epilogue_head(graph, order, users, keep) if enabled else None
+        group = Group(tuple(order), head)
+        for name in order + ([head] if head else []):
             group_of[name] = group
     return group_of
+
+
+def _epilogue_head(graph, members, users, keep):
+    """A matmul the loop can finish as an epilogue: its only consumer is in the loop, and
+    the loop runs over the product's own 2-D shape."""
+    root = graph[members[-1]]
+    if get_op(root.op).kind == REDUCE or "writes" in root.attrs or len(root.shape) != 2:
+        return None
+    for name in members:
+        for src in graph[name].inputs:
+            producer = graph[src]
+            if (get_op(producer.op).takes_epilogue and src not in keep and set(users[src]) == {name}
+                    and producer.shape == root.shape):
+                return src
+    return None
 
 
 def _absorb(graph, node, shape, users, keep, members, group_of):

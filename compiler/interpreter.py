@@ -26,7 +26,7 @@ class Context:
         self.t = interp.global_step + 1  # the 1-based number of the step being taken
         self.step = interp.global_step     # steps taken before this one (dropout masks)
         self.seed = interp.seed
-        self.row0 = interp.accumulated_rows
+        self.row_offset = interp.accumulated_rows
         self.inv_rows = 1.0 / max(interp.accumulated_rows, 1)
 
     def feed(self, name):

@@ -41,7 +41,8 @@ class Loop:
     """One loop of a nest: variable and extent (a C expression)."""
 
     var: str
-    extent: str
+    extent: str       # the bound: var runs over [start, extent)
+    start: str = "0"
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Kernel:
     stores: list = field(default_factory=list)   # (Operand, C variable)
     accumulate: bool = False                     # a reduction: zero the output, then +=
     runtime: tuple = ()
+    epilogue: str | None = None  # the GEMM call that runs this loop on its output blocks
     # routine calls
     call: str | None = None
     can_fail: bool = False
@@ -72,7 +74,8 @@ class Kernel:
 class KernelCall:
     """What an op's `c_call` sees."""
 
-    def __init__(self, node, graph, pointer):
+    def __init__(self, node, graph, pointer, epilogue=None):
+        self.epilogue = epilogue  # name of a loop kernel to run on the output blocks
         self.attrs = node.attrs
         self.args = [pointer(i) for i in node.inputs]
         self.in_shapes = [graph[i].shape for i in node.inputs]
@@ -107,9 +110,12 @@ def lower(graph: Graph, keep, fusion=True, prefix=None):
         return pointers[name]
 
     groups = fuse_elementwise(graph, keep, enabled=fusion)
+    for group in set(groups.values()):
+        if group.head:  # the GEMM writes the product where the epilogue leaves its result
+            pointers[group.head] = pointers[group.root]
     kernels, emitted = [], set()
     for node in graph:
-        if get_op(node.op).kind == SOURCE:
+        if get_op(node.op).kind == SOURCE or (node.name in groups and groups[node.name].head == node.name):
             continue
         if get_op(node.op).kind == KERNEL:
             kernels.append(_call_kernel(graph, node, pointer))
@@ -130,6 +136,7 @@ RESERVED = set("""
     int long register restrict return short signed sizeof static struct switch typedef union unsigned
     void volatile while int32_t int64_t uint32_t uint64_t size_t NULL INFINITY NAN
     n n_total lr t rt arena bad start total loss_total steps code order rows batch shuffle drop_last
+    epilogue row0 col0 cols args row_offset inv_rows seed step
     step_losses loss_sum kept stream j train_step shuffle_rows
     exp expf log logf sqrt sqrtf pow powf cos cosf tanh tanhf fabs fabsf memset memcpy
 """.split())
@@ -170,14 +177,18 @@ def _loop_kernel(graph, group, pointer, prefix):
     members = set(group.nodes)
     root = graph[group.root]
     shape = iteration_shape(graph, root)
-    reads = []
+    reads = [group.head] if group.head else []
     for name in group.nodes:
         for src in graph[name].inputs:
             if src not in members and src not in reads and not is_inlined_constant(graph[src]):
                 reads.append(src)
-    patterns = [_pattern(shape, graph[r].shape) for r in reads] + [_pattern(shape, root.shape)]
-    extents = _collapse(shape, patterns)
-    loops = [Loop(f"i{k}", ext) for k, (ext, _) in enumerate(extents)]
+    if group.head:  # an epilogue runs on blocks [row0, row0 + rows) x [col0, col0 + cols)
+        extents = [(dim(shape[0]), [0]), (dim(shape[1]), [1])]
+        loops = [Loop("i0", "row0 + rows", "row0"), Loop("i1", "col0 + cols", "col0")]
+    else:
+        patterns = [_pattern(shape, graph[r].shape) for r in reads] + [_pattern(shape, root.shape)]
+        extents = _collapse(shape, patterns)
+        loops = [Loop(f"i{k}", ext) for k, (ext, _) in enumerate(extents)]
 
     def index_of(node_shape):
         pattern = _pattern(shape, node_shape)
@@ -191,8 +202,8 @@ def _loop_kernel(graph, group, pointer, prefix):
 
     values, body, runtime = {}, [], set()
     inputs = []
-    for r in reads:
-        var = f"{pointer(r)}_"
+    for r in reads:  # the product of an epilogue's matmul is read where the GEMM left it
+        var = f"{pointer(r)}__product" if r == group.head else f"{pointer(r)}_"  # c_name never has "__"
         inputs.append((Operand(r, pointer(r), index_of(graph[r].shape)), var))
         values[r] = var
     for name in group.nodes:
@@ -216,8 +227,14 @@ def _loop_kernel(graph, group, pointer, prefix):
     target = root.attrs.get("writes")
     name = f"update_{c_name(target)}" if target else f"{PHASE_PREFIX[root.phase]}_{c_name(root.name)}"
     name = f"{prefix}_{name}" if prefix else name
-    comment = _expression_text(graph, root.name, members)
-    return Kernel(name=name, nodes=group.nodes, reads=tuple(reads),
+    comment = _expression_text(graph, root.name, members | {group.head})
+    epilogue = None
+    if group.head:
+        head = graph[group.head]
+        epilogue = get_op(head.op).c_call(KernelCall(head, graph, pointer, epilogue=name))
+        reads = [src for src in head.inputs if src not in reads] + [r for r in reads if r != group.head]
+    return Kernel(name=name, nodes=((group.head,) if group.head else ()) + group.nodes, reads=tuple(reads),
+                  epilogue=epilogue,
                   writes=(root.name,), loops=loops, inputs=inputs, body=body,
                   stores=[(store, values[root.name])], accumulate=accumulate,
                   runtime=tuple(sorted(runtime)),

@@ -47,5 +47,8 @@ def test_no_two_live_buffers_overlap(module):
 def test_fused_kernels_are_reported():
     trainer = nncc.compile(classifier.model(), outputs=classifier.outputs, batch_size=8)
     fused = {k[1]: k[2] for k in trainer.report.kernels if len(k[2]) > 1}
-    assert fused["fwd_h"] == ("fc1", "h")  # bias add + relu in one loop
+    # the matmul, its bias add and the relu: one GEMM whose epilogue finishes each block
+    assert fused["fwd_h"] == ("fc1.matmul", "fc1", "h")
+    # backward: the relu gradient is the epilogue of the matmul producing its input
+    assert fused["bwd_dh_relu_grad"] == ("dlogits.matmul/matmul", "dh/relu_grad")
     assert "fused" in str(trainer.report)

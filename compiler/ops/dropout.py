@@ -27,25 +27,25 @@ def _scale(p):
 
 def _reference(ctx, node, x):
     p = float(node.attrs["p"])
-    first = ctx.row0 * int(np.prod(x.shape[1:])) if node.shape[:1] == (BATCH,) else 0
+    first = ctx.row_offset * int(np.prod(x.shape[1:])) if node.shape[:1] == (BATCH,) else 0
     mask = keep_mask(ctx.seed, ctx.step, key_of(_key(node)), x.size, p, first=first).reshape(x.shape)
     return np.where(mask, x * _scale(p), 0.0)
 
 
 def _fields(node):
     """Integer literals for the C expression. Per-row tensors number their elements from
-    row `row0` (the rows accumulated before this micro-batch), so k accumulated
+    row `row_offset` (the rows accumulated before this micro-batch), so k accumulated
     micro-batches draw the masks of one batch of all their rows."""
     p = float(node.attrs["p"])
     per_row = node.shape[:1] == (BATCH,)
     return {"key": f"{key_of(_key(node))}u", "threshold": f"{dropout_threshold(p)}ull",
             "scale": repr(float(np.float32(_scale(p)))) + "f",
-            "first": f"row0 * {numel(node.shape[1:])} + " if per_row else ""}
+            "first": f"row_offset * {numel(node.shape[1:])} + " if per_row else ""}
 
 
 register(OpDef(
     name="dropout", arity=1, kind=ELEMENTWISE, attrs={"p": 0.5, "key": None},
-    shape=_shape, reference=_reference, runtime=("seed", "step", "row0"), c_fields=_fields,
+    shape=_shape, reference=_reference, runtime=("seed", "step", "row_offset"), c_fields=_fields,
     c_expr="(nncc_keep(nncc_stream(seed, step, {key}), {first}{index}, {threshold}) ? {0} * {scale} : 0.0f)",
     grad=lambda b, node, gy: [b.op("dropout", gy, p=node.attrs["p"], key=_key(node))],
     eval_mode=lambda b, node: node.inputs[0],

@@ -42,8 +42,11 @@ def _matmul_call(k):
     (a, b), (sa, sb) = k.args, k.in_shapes
     m, n = k.dims(k.out_shape)
     inner = k.dims(sa)[0] if k.attrs["trans_a"] else k.dims(sa)[1]
-    return (f"nncc_sgemm({int(k.attrs['trans_a'])}, {int(k.attrs['trans_b'])}, {m}, {n}, {inner}, "
-            f"{a}, {k.dims(sa)[1]}, {b}, {k.dims(sb)[1]}, 0.0f, {k.out}, {n})")
+    operands = (f"{int(k.attrs['trans_a'])}, {int(k.attrs['trans_b'])}, {m}, {n}, {inner}, "
+                f"{a}, {k.dims(sa)[1]}, {b}, {k.dims(sb)[1]}")
+    if k.epilogue:
+        return f"nncc_sgemm_epilogue({operands}, {k.out}, {n}, {k.epilogue}, &epilogue)"
+    return f"nncc_sgemm({operands}, 0.0f, {k.out}, {n})"
 
 
 def _matmul_samples(rng):
@@ -60,7 +63,7 @@ register(OpDef(
     name="matmul", arity=2, kind=KERNEL, attrs={"trans_a": False, "trans_b": False},
     shape=_matmul_shape,
     reference=lambda ctx, node, a, b: _mat(a, node.attrs["trans_a"]) @ _mat(b, node.attrs["trans_b"]),
-    grad=_matmul_grad, c_call=_matmul_call, library="gemm", samples=_matmul_samples,
+    grad=_matmul_grad, c_call=_matmul_call, library=("gemm", "gemm_epilogue"), samples=_matmul_samples, takes_epilogue=True,
     doc="a @ b for 2-D operands; a weight is (in, out). trans_a/trans_b transpose an operand.",
 ))
 

@@ -31,7 +31,7 @@ class OpDef:
         `{attr}` an attribute formatted as a float literal. `n` is the batch size and
         names in `runtime` (e.g. `lr`) are run-time scalars.
     c_call(ctx) -> C statement(s) for KERNEL ops; see lower.KernelCall for ctx fields.
-    library: kernels/<library>.c.j2 holding the routine a KERNEL op calls.
+    library: kernels/<library>.c.j2 holding the routine a KERNEL op calls (or a tuple of them).
     samples(rng) -> list of (inputs, attrs) used by the registry-generated tests.
     """
 
@@ -46,7 +46,8 @@ class OpDef:
     c_expr: str | Callable | None = None  # or node -> str when attributes choose it
     c_fields: Callable | None = None       # node -> extra {fields} for c_expr (e.g. integer keys)
     c_call: Callable | None = None
-    library: str | None = None
+    library: str | tuple | None = None
+    takes_epilogue: bool = False  # a KERNEL whose routine can run a fused loop on its output blocks
     int_inputs: tuple = ()  # input slots that take int32 (class labels); the rest take float32
     # The C routine returns 0, or 1 + the row of a bad value (labels out of range);
     # failure(graph, node, row, feeds) builds the exception the user sees.
