@@ -27,6 +27,7 @@ from nncc.compiler.errors import BuildError
 FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno",
          "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
 LIBRARY = "libmodel.so"
+CDEF = "interface.cdef"  # the header's declarations, as cffi reads them
 
 
 def cache_dir() -> Path:
@@ -67,38 +68,68 @@ class BuildResult:
     key: str
     cache_hit: bool
     seconds: float
+    name: str
+
+    @property
+    def cdef(self) -> str:
+        return (self.directory / CDEF).read_text()
+
+    @property
+    def source(self) -> str:
+        return (self.directory / f"{self.name}.c").read_text()
+
+    @property
+    def header(self) -> str:
+        return (self.directory / f"{self.name}.h").read_text()
 
 
-def cache_key(source: str, header: str) -> str:
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """A hash of nncc's own compiler and templates: any change to them changes every key."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for pattern in ("compiler/**/*.py", "templates/**/*.j2"):
+        for path in sorted(root.glob(pattern)):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(program_fingerprint: str, name: str) -> str:
+    """Everything that shapes the library: the planned program (which determines the C),
+    nncc's code and templates, the model name, the compiler, its flags, the CPU and OS."""
     from nncc import __version__
 
     cc = tuple(compiler_command())
     h = hashlib.sha256()
     system = os.uname()  # not platform.platform(): that starts `uname -p`
-    for part in (source, header, " ".join(cc), " ".join(FLAGS), toolchain_identity(cc),
-                 system.sysname, system.release, system.machine, __version__):
+    for part in (program_fingerprint, code_fingerprint(), name, " ".join(cc), " ".join(FLAGS),
+                 toolchain_identity(cc), system.sysname, system.release, system.machine, __version__):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
 
 
-def build(source: str, header: str, name="model") -> BuildResult:
-    """Return the cached library for this source, compiling it on a miss."""
+def build(program_fingerprint: str, emit, name="model") -> BuildResult:
+    """The cached library for this program; on a miss, `emit()` gives the C (a CSource)
+    and the compiler runs. A hit emits nothing and starts no process."""
     start = time.perf_counter()
-    key = cache_key(source, header)
+    key = cache_key(program_fingerprint, name)
     final = cache_dir() / key[:2] / key
     library = final / LIBRARY
     if library.exists():
-        return BuildResult(library, final, key, True, time.perf_counter() - start)
+        return BuildResult(library, final, key, True, time.perf_counter() - start, name)
+    code = emit()
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
     try:
-        (work / f"{name}.c").write_text(source)
-        (work / f"{name}.h").write_text(header)
+        (work / f"{name}.c").write_text(code.source)
+        (work / f"{name}.h").write_text(code.header)
+        (work / CDEF).write_text(code.cdef)
         cmd = [*compiler_command(), *FLAGS, "-o", str(work / LIBRARY), str(work / f"{name}.c"), "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
         if proc.returncode != 0:
-            raise BuildError(_compiler_failure(proc.stderr, source, name))
+            raise BuildError(_compiler_failure(proc.stderr, code.source, name))
         try:
             os.rename(work, final)  # atomic publish; fails if another process won the race
         except OSError:
@@ -107,7 +138,7 @@ def build(source: str, header: str, name="model") -> BuildResult:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-    return BuildResult(library, final, key, False, time.perf_counter() - start)
+    return BuildResult(library, final, key, False, time.perf_counter() - start, name)
 
 
 def _compiler_failure(stderr, source, name):

@@ -1,6 +1,7 @@
 """nncc.compile: user graph -> passes -> C -> cached shared library -> Trainer."""
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,20 +55,28 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     accumulation = build_accumulation_graphs(graph, loss, outputs, optimizer) if accumulate else None
     program = pipeline.run("lower + memory plan", make_program, train, eval_graph, evaluate_graph, batch_size,
                            fusion, accumulation)
-    code = pipeline.run("emit C", emit, program, name)
-    result = build(code.source, code.header, name)
-    pipeline.timings["build (cache hit)" if result.cache_hit else "build (cc)"] = result.seconds
+    fingerprint = pipeline.run("fingerprint", program_fingerprint, program)
+    result = build(fingerprint, lambda: pipeline.run("emit C", emit, program, name), name)
+    compiled = result.seconds - pipeline.timings.get("emit C", 0.0)
+    pipeline.timings["build (cache hit)" if result.cache_hit else "build (cc)"] = compiled
     start = time.perf_counter()
-    ffi, lib = load_library(result.library, code.cdef)
+    ffi, lib = load_library(result.library, result.cdef)
     pipeline.timings["dlopen"] = time.perf_counter() - start
     report = make_report(name, program, pipeline.timings)
     report.cache_hit, report.cache_key, report.library = result.cache_hit, result.key, str(result.library)
     spec = CompileSpec(graph, loss, tuple(train.outputs), optimizer, batch_size, seed, fusion, name, accumulate)
     trainer = Trainer(program, ffi, lib, spec=spec, report=report, seed=seed)
-    trainer.source, trainer.header = code.source, code.header
+    trainer.build = result
     if debug_dir is not None:
-        _dump(Path(debug_dir), pipeline.stages, code, name)
+        _dump(Path(debug_dir), pipeline.stages, result, name)
     return trainer
+
+
+def program_fingerprint(program) -> str:
+    """A hash of the planned program: kernels, buffers, offsets, names, attributes. The C
+    is a function of it (and of nncc's code, hashed into the key separately), so a cache
+    hit needs no emission."""
+    return hashlib.sha256(repr(program).encode()).hexdigest()
 
 
 def _dump(directory: Path, stages, code, name):

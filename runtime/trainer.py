@@ -58,6 +58,15 @@ class Trainer:
         shape = self.program.train.graph[name].shape
         return self.arena[buf.offset:buf.offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
 
+    @property
+    def source(self) -> str:
+        """The generated C of this model."""
+        return self.build.source
+
+    @property
+    def header(self) -> str:
+        return self.build.header
+
     # -- run-time state ------------------------------------------------------------------
     @property
     def lr(self) -> float:

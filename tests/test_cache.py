@@ -86,5 +86,7 @@ def test_compiler_failure_names_the_kernel(monkeypatch, tmp_path):
 
     monkeypatch.setenv("NNCC_CACHE_DIR", str(tmp_path))
     source = "int ok(void) { return 0; }\n/* h1 = relu(add(mm0, b0))  [n, 16] */\nstatic void fwd_h1(void)\n{\n    undefined_thing;\n}\n"
+    from nncc.compiler.emit import CSource
+
     with pytest.raises(BuildError, match=r"(?s)line 5.*fwd_h1.*relu\(add\(mm0, b0\)\)"):
-        build(source, "", "broken")
+        build("a program fingerprint", lambda: CSource(source, "", ""), "broken")
