@@ -158,4 +158,18 @@ def _compiler_failure(stderr, source, name):
 def load_library(library: Path, cdef: str):
     ffi = FFI()
     ffi.cdef(cdef)
-    return ffi, ffi.dlopen(str(library))
+    lib = ffi.dlopen(str(library))
+    _pin_openmp_runtime()
+    return ffi, lib
+
+
+@functools.lru_cache(maxsize=None)
+def _pin_openmp_runtime():
+    """Keep libgomp loaded for good. cffi dlclose()s libraries at interpreter exit, which
+    would unload libgomp under its still-running idle worker threads: a segfault at exit."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOW | os.RTLD_NOLOAD | os.RTLD_NODELETE)
+    except OSError:
+        pass  # not loaded (no OpenMP in this build), nothing to pin

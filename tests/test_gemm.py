@@ -1,0 +1,229 @@
+"""Tests for the float32 GEMM kernel templates/kernels/gemm.c.j2 (nncc_sgemm).
+
+The kernel is pasted into a small C file with exported wrappers, built with the
+flags used for generated modules, and called through cffi (ABI mode).
+"""
+import ctypes
+import os
+import pathlib
+import platform
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+cffi = pytest.importorskip("cffi")
+
+KERNEL = pathlib.Path(__file__).resolve().parents[1] / "templates" / "kernels" / "gemm.c.j2"
+
+WRAPPER = """
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include <math.h>
+%s
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+void t_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+             const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+{ nncc_sgemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc); }
+void t_set_threads(int n)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+}
+int t_get_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+"""
+CDEF = """
+void t_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+             const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+void t_set_threads(int n);
+int t_get_threads(void);
+"""
+
+
+def build(d, march="-march=native"):
+    text = KERNEL.read_text()
+    assert "{{" not in text and "{%" not in text and "{#" not in text
+    (d / "g.c").write_text(WRAPPER % text)
+    cmd = ["gcc", "-O3", march, "-std=gnu99", "-fPIC", "-shared", "-fopenmp",
+           "-Wall", "-Werror", str(d / "g.c"), "-o", str(d / "g.so")]
+    subprocess.run(cmd, check=True)
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    lib = ffi.dlopen(str(d / "g.so"))
+    # cffi dlclose()s the module at interpreter exit, which would unload
+    # libgomp under its still-running idle threads (segfault on exit).
+    try:
+        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOW | os.RTLD_NOLOAD | os.RTLD_NODELETE)
+    except OSError:
+        pass
+    return ffi, lib
+
+
+@pytest.fixture(scope="session")
+def gemm(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("gemm"))
+
+
+def padded(rng, rows, cols, pad):
+    """A rows x cols float32 view into a buffer with leading dimension cols+pad."""
+    buf = rng.standard_normal((max(rows, 1), cols + pad), dtype=np.float32)
+    return buf, buf[:rows, :cols]
+
+
+def call(gemm, ta, tb, A, lda, B, ldb, beta, C, ldc, M, N, K):
+    ffi, lib = gemm
+    p = lambda a: ffi.cast("float *", a.ctypes.data)
+    lib.t_sgemm(ta, tb, M, N, K, p(A), lda, p(B), ldb, beta, p(C), ldc)
+
+
+def check(gemm, rng, M, N, K, ta, tb, beta, pad=0):
+    abuf, a = padded(rng, K if ta else M, M if ta else K, pad)
+    bbuf, b = padded(rng, N if tb else K, K if tb else N, pad)
+    cbuf = rng.standard_normal((max(M, 1), N + pad), dtype=np.float32)
+    c0 = cbuf[:M, :N].copy()
+    if beta == 0.0:
+        cbuf[:M, :N] = np.nan  # must be ignored, not multiplied by zero
+    before = cbuf.copy()
+    call(gemm, ta, tb, abuf, abuf.shape[1], bbuf, bbuf.shape[1], beta, cbuf, cbuf.shape[1], M, N, K)
+
+    opa = (a.T if ta else a).astype(np.float64)
+    opb = (b.T if tb else b).astype(np.float64)
+    ref = opa @ opb + (beta * c0.astype(np.float64) if beta else 0.0)
+    # Error bound for float32 accumulation: each element is a chain of K fused
+    # multiply-adds (one rounding each), plus one rounding per K block when the
+    # block's partial sum is added into C (K blocks are 512 long), plus one for
+    # beta*C.  The standard analysis gives
+    #     |err| <= gamma_n * (sum_k |a_ik||b_kj| + |beta c_ij|),
+    # gamma_n = n*u/(1-n*u) ~ n*u, u = 2^-24, n = K + ceil(K/512) + 1.  We allow
+    # (K + 2) * eps32 = (2K + 4) * u, which covers that worst case for every K;
+    # errors of a correct kernel are typically ~sqrt(K)*u, so a wrong partial
+    # sum, a dropped K block or a misplaced element still fails by far.
+    # The tiny absolute floor only matters where the bound is exactly zero.
+    mag = np.abs(opa) @ np.abs(opb) + (np.abs(beta * c0.astype(np.float64)) if beta else 0.0)
+    tol = (K + 2) * np.finfo(np.float32).eps * mag + 1e-30
+    got = cbuf[:M, :N]
+    assert np.all(np.isfinite(got))
+    err = np.abs(got - ref)
+    assert np.all(err <= tol), (M, N, K, ta, tb, beta, pad, float(np.max(err / tol)))
+    # Nothing outside the logical M x N window of C may be written.
+    outside = np.ones(cbuf.shape, bool)
+    outside[:M, :N] = False
+    assert np.array_equal(cbuf[outside], before[outside])
+
+
+SIZES = [0, 1, 7, 33, 65, 129, 300]
+TRANS = [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_size_grid(gemm, ta, tb, beta):
+    rng = np.random.default_rng(1000 + 10 * ta + tb + int(beta) * 100)
+    for M in SIZES:
+        for N in SIZES:
+            for K in (0, 1, 7, 65, 300):
+                if M * N * K > 300 * 300 * 65:
+                    continue
+                check(gemm, rng, M, N, K, ta, tb, beta)
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_random_shapes_with_leading_dims(gemm, ta, tb, beta):
+    rng = np.random.default_rng(2000 + 10 * ta + tb + int(beta) * 100)
+    for _ in range(6):
+        M, N, K = (int(x) for x in rng.integers(1, 400, size=3))
+        check(gemm, rng, M, N, K, ta, tb, beta, pad=int(rng.integers(1, 20)))
+
+
+@pytest.mark.parametrize("shape", [(13, 10, 1100), (1037, 47, 37), (61, 1030, 800), (300, 33, 9),
+                                   (530, 200, 530)])
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_block_boundaries(gemm, shape, ta, tb):
+    # Several K blocks, several M blocks, narrow and wide N, padded leading dims.
+    M, N, K = shape
+    rng = np.random.default_rng(M + N + K)
+    check(gemm, rng, M, N, K, ta, tb, 1.0, pad=3)
+    check(gemm, rng, M, N, K, ta, tb, 0.0, pad=0)
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((l.split(":")[1].split() for l in f if l.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or
+                    not {"avx2", "fma"} <= set(cpu_flags()), reason="needs an x86-64 CPU with AVX2")
+@pytest.mark.parametrize("march", ["-march=x86-64-v3", "-march=x86-64"])
+def test_other_isa_paths(tmp_path, march):
+    # The AVX2 and the portable (SSE2 / vector extension) code paths.
+    gemm = build(tmp_path, march)
+    rng = np.random.default_rng(5)
+    for ta, tb in TRANS:
+        for M, N, K in [(1, 1, 1), (7, 33, 65), (65, 7, 33), (129, 300, 65), (33, 129, 600)]:
+            check(gemm, rng, M, N, K, ta, tb, 0.0, pad=2)
+            check(gemm, rng, M, N, K, ta, tb, 1.0)
+
+
+def test_thread_count_independent(gemm):
+    ffi, lib = gemm
+    rng = np.random.default_rng(7)
+    saved = lib.t_get_threads()
+    try:
+        for M, N, K, ta, tb in [(333, 517, 1201, 0, 0), (256, 10, 1024, 0, 0),
+                                (1024, 10, 256, 1, 0), (256, 784, 1024, 0, 1), (129, 1000, 77, 1, 1)]:
+            a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+            b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+            outs = []
+            for nt in (1, 2):
+                lib.t_set_threads(nt)
+                c = np.full((M, N), np.nan, np.float32)
+                call(gemm, ta, tb, a, a.shape[1], b, b.shape[1], 0.0, c, N, M, N, K)
+                outs.append(c.view(np.uint32))
+            assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb)
+    finally:
+        lib.t_set_threads(saved)
+
+
+def test_concurrent_callers(gemm):
+    # Two host threads call the kernel at once (cffi releases the GIL); each
+    # must get its own packing buffers.
+    rng = np.random.default_rng(9)
+    jobs = []
+    for M, N, K in [(200, 300, 500), (150, 260, 700)]:
+        a = rng.standard_normal((M, K), dtype=np.float32)
+        b = rng.standard_normal((K, N), dtype=np.float32)
+        jobs.append((a, b, np.empty((M, N), np.float32)))
+    errors = []
+
+    def work(a, b, c):
+        expected = a.astype(np.float64) @ b.astype(np.float64)
+        try:
+            for _ in range(20):
+                c[...] = np.nan
+                call(gemm, 0, 0, a, a.shape[1], b, b.shape[1], 0.0, c, c.shape[1], *c.shape, a.shape[1])
+                np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-3)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=j) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
