@@ -29,6 +29,23 @@ WRAPPER = """
 void t_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
              const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
 { nncc_sgemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc); }
+/* Test epilogue: C <- 2 C + 1 and count the visits of every element of C. */
+struct t_epilogue_args { float *C; int64_t ldc; int32_t *visits; };
+static void t_epilogue(const void *args, int64_t row0, int64_t rows, int64_t col0, int64_t cols)
+{
+    const struct t_epilogue_args *e = args;
+    for (int64_t i = row0; i < row0 + rows; i++)
+        for (int64_t j = col0; j < col0 + cols; j++) {
+            e->C[i * e->ldc + j] = 2.0f * e->C[i * e->ldc + j] + 1.0f;
+            e->visits[i * e->ldc + j] += 1;
+        }
+}
+void t_sgemm_epilogue(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                      const float *B, int64_t ldb, float *C, int64_t ldc, int32_t *visits)
+{
+    const struct t_epilogue_args args = {C, ldc, visits};
+    nncc_sgemm_epilogue(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, t_epilogue, &args);
+}
 void t_set_threads(int n)
 {
 #ifdef _OPENMP
@@ -47,6 +64,8 @@ int t_get_threads(void)
 CDEF = """
 void t_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
              const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+void t_sgemm_epilogue(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                      const float *B, int64_t ldb, float *C, int64_t ldc, int32_t *visits);
 void t_set_threads(int n);
 int t_get_threads(void);
 """
@@ -227,3 +246,29 @@ def test_concurrent_callers(gemm):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("M,N,K,ta,tb", [(256, 1024, 784, 0, 0), (1030, 40, 300, 0, 0), (600, 90, 600, 1, 0),
+                                         (64, 128, 784, 0, 1), (5, 7, 0, 0, 0), (33, 65, 7, 1, 1)])
+def test_epilogue_runs_once_on_every_finished_element(gemm, threads, M, N, K, ta, tb):
+    """nncc_sgemm_epilogue: each element of C is visited exactly once, after its product is
+    complete (the result is 2 * A @ B + 1), whatever the blocking and threading."""
+    ffi, lib = gemm
+    rng = np.random.default_rng(M * N + K)
+    a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+    c = np.full((M, N), np.nan, np.float32)
+    visits = np.zeros((M, N), np.int32)
+    saved = lib.t_get_threads()
+    lib.t_set_threads(threads)
+    try:
+        p = lambda x: ffi.cast("float *", x.ctypes.data)
+        lib.t_sgemm_epilogue(ta, tb, M, N, K, p(a), a.shape[1], p(b), b.shape[1], p(c), N,
+                             ffi.cast("int32_t *", visits.ctypes.data))
+    finally:
+        lib.t_set_threads(saved)
+    assert np.all(visits == 1)
+    want = 2.0 * ((a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)) + 1.0
+    mag = 2.0 * np.abs(a.T if ta else a).astype(np.float64) @ np.abs(b.T if tb else b).astype(np.float64) + 1.0
+    assert np.all(np.abs(c - want) <= (K + 3) * np.finfo(np.float32).eps * mag)

@@ -63,7 +63,7 @@ register(OpDef(
     name="matmul", arity=2, kind=KERNEL, attrs={"trans_a": False, "trans_b": False},
     shape=_matmul_shape,
     reference=lambda ctx, node, a, b: _mat(a, node.attrs["trans_a"]) @ _mat(b, node.attrs["trans_b"]),
-    grad=_matmul_grad, c_call=_matmul_call, library=("gemm", "gemm_epilogue"), samples=_matmul_samples, takes_epilogue=True,
+    grad=_matmul_grad, c_call=_matmul_call, library="gemm", samples=_matmul_samples, takes_epilogue=True,
     doc="a @ b for 2-D operands; a weight is (in, out). trans_a/trans_b transpose an operand.",
 ))
 
