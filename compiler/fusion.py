@@ -68,17 +68,32 @@ def fuse_elementwise(graph: Graph, keep, enabled=True):
 
 def _epilogue_head(graph, members, users, keep):
     """A matmul the loop can finish as an epilogue: its only consumer is in the loop, and
-    the loop runs over the product's own 2-D shape."""
+    the loop runs over the product's own 2-D shape. The product may still have to be kept
+    (a param's gradient, which the loop then applies as the update while it is in cache)."""
     root = graph[members[-1]]
-    if get_op(root.op).kind == REDUCE or "writes" in root.attrs or len(root.shape) != 2:
+    if get_op(root.op).kind == REDUCE or len(root.shape) != 2:
         return None
     for name in members:
         for src in graph[name].inputs:
             producer = graph[src]
-            if (get_op(producer.op).takes_epilogue and src not in keep and set(users[src]) == {name}
-                    and producer.shape == root.shape):
+            if (get_op(producer.op).takes_epilogue and set(users[src]) == {name}
+                    and producer.shape == root.shape and not _overwritten_before(graph, src, root.name)):
                 return src
     return None
+
+
+def _overwritten_before(graph, head, root):
+    """Whether an in-place write between the matmul and the loop's root changes one of the
+    matmul's operands: the fused GEMM runs at the root's place, and would read it too late."""
+    order = list(graph.nodes)
+    between = order[order.index(head) + 1:order.index(root)]
+    return any(graph[n].attrs.get("writes") in graph[head].inputs for n in between)
+
+
+def product_in_place(graph, group, keep):
+    """Whether the GEMM of an epilogue group writes its product into the loop's output
+    buffer (the product is not needed on its own), or into a buffer of its own."""
+    return group.head not in keep and "writes" not in graph[group.root].attrs
 
 
 def _absorb(graph, node, shape, users, keep, members, group_of):

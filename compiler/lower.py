@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .fusion import fuse_elementwise, is_inlined_constant, iteration_shape
+from .fusion import fuse_elementwise, is_inlined_constant, iteration_shape, product_in_place
 from .ir import BATCH, Graph, numel
 from .ops import KERNEL, REDUCE, SOURCE, get_op
 from .ops.registry import float_literal
@@ -111,8 +111,8 @@ def lower(graph: Graph, keep, fusion=True, prefix=None):
 
     groups = fuse_elementwise(graph, keep, enabled=fusion)
     for group in set(groups.values()):
-        if group.head:  # the GEMM writes the product where the epilogue leaves its result
-            pointers[group.head] = pointers[group.root]
+        if group.head and product_in_place(graph, group, keep):
+            pointers[group.head] = pointers[group.root]  # the epilogue finishes it in place
     kernels, emitted = [], set()
     for node in graph:
         if get_op(node.op).kind == SOURCE or (node.name in groups and groups[node.name].head == node.name):
@@ -124,7 +124,7 @@ def lower(graph: Graph, keep, fusion=True, prefix=None):
         if group is None or group.root != node.name or group in emitted:
             continue
         emitted.add(group)
-        kernels.append(_loop_kernel(graph, group, pointer, prefix))
+        kernels.append(_loop_kernel(graph, group, pointer, prefix, product_in_place(graph, group, keep)))
     return kernels, pointers
 
 
@@ -173,7 +173,7 @@ def _shape_text(shape):
     return "[" + ", ".join(dim(d) for d in shape) + "]"
 
 
-def _loop_kernel(graph, group, pointer, prefix):
+def _loop_kernel(graph, group, pointer, prefix, in_place=True):
     members = set(group.nodes)
     root = graph[group.root]
     shape = iteration_shape(graph, root)
@@ -233,9 +233,10 @@ def _loop_kernel(graph, group, pointer, prefix):
         head = graph[group.head]
         epilogue = get_op(head.op).c_call(KernelCall(head, graph, pointer, epilogue=name))
         reads = [src for src in head.inputs if src not in reads] + [r for r in reads if r != group.head]
+    writes = (root.name,) if not group.head or in_place else (group.head, root.name)
     return Kernel(name=name, nodes=((group.head,) if group.head else ()) + group.nodes, reads=tuple(reads),
-                  epilogue=epilogue,
-                  writes=(root.name,), loops=loops, inputs=inputs, body=body,
+                  epilogue=epilogue, writes=writes,
+                  loops=loops, inputs=inputs, body=body,
                   stores=[(store, values[root.name])], accumulate=accumulate,
                   runtime=tuple(sorted(runtime)),
                   comment=f"{target or root.name} = {comment}  {_shape_text(root.shape)}"
