@@ -24,8 +24,19 @@ from cffi import FFI
 
 from nncc.compiler.errors import BuildError
 
-FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno",
-         "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
+COMPILE_FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fPIC", "-fopenmp", "-fno-math-errno",
+                 "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
+LINK_FLAGS = ("-shared", "-fopenmp")
+FLAGS = COMPILE_FLAGS + LINK_FLAGS
+GEMM_SOURCE = Path(__file__).resolve().parent.parent / "templates" / "kernels" / "gemm.c.j2"
+GEMM_PRELUDE = """/* The GEMM of nncc's generated modules, compiled once per machine (runtime/build.py). */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#define NNCC_GEMM_LINKAGE __attribute__((visibility("hidden")))
+#define NNCC_COMPILE_GEMM 1
+"""
 LIBRARY = "libmodel.so"
 CDEF = "interface.cdef"  # the header's declarations, as cffi reads them
 
@@ -126,10 +137,7 @@ def build(program_fingerprint: str, emit, name="model") -> BuildResult:
         (work / f"{name}.c").write_text(code.source)
         (work / f"{name}.h").write_text(code.header)
         (work / CDEF).write_text(code.cdef)
-        cmd = [*compiler_command(), *FLAGS, "-o", str(work / LIBRARY), str(work / f"{name}.c"), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
-        if proc.returncode != 0:
-            raise BuildError(_compiler_failure(proc.stderr, code.source, name))
+        _compile_library(work, name, code.source)
         try:
             os.rename(work, final)  # atomic publish; fails if another process won the race
         except OSError:
@@ -139,6 +147,47 @@ def build(program_fingerprint: str, emit, name="model") -> BuildResult:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     return BuildResult(library, final, key, False, time.perf_counter() - start, name)
+
+
+def _compile_library(work: Path, name: str, source: str):
+    """Compile the model (without its GEMM) and, unless this machine has it cached, the GEMM,
+    in parallel on two processes; link them into LIBRARY. The GEMM object is content-keyed
+    and published atomically, so it is compiled once per machine and toolchain."""
+    cc = compiler_command()
+    gemm = _gemm_object_path()
+    jobs = {"model": [*cc, *COMPILE_FLAGS, "-DNNCC_EXTERNAL_GEMM", "-c", f"{name}.c", "-o", "model.o"]}
+    if not gemm.exists():
+        (work / "gemm.c").write_text(GEMM_PRELUDE + GEMM_SOURCE.read_text())
+        jobs["gemm"] = [*cc, *COMPILE_FLAGS, "-c", "gemm.c", "-o", "gemm.o"]
+    procs = {k: subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k, cmd in jobs.items()}
+    stderr = {k: p.communicate()[1] for k, p in procs.items()}
+    errors = {k: stderr[k] for k, p in procs.items() if p.returncode != 0}
+    if "model" in errors:
+        raise BuildError(_compiler_failure(errors["model"], source, name))
+    if "gemm" in errors:
+        raise BuildError(f"internal error: the GEMM failed to compile (please report):\n{errors['gemm'][:2000]}")
+    if "gemm" in jobs:
+        gemm.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".gemm-", suffix=".o", dir=gemm.parent)
+        os.close(fd)
+        shutil.copyfile(work / "gemm.o", tmp)
+        os.replace(tmp, gemm)  # atomic: a concurrent builder sees the old or the new, both whole
+    link = [*cc, *LINK_FLAGS, "-o", LIBRARY, "model.o", str(gemm), "-lm"]
+    proc = subprocess.run(link, cwd=work, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"internal error: linking failed (please report):\n{proc.stderr[:2000]}")
+
+
+def _gemm_object_path() -> Path:
+    cc = tuple(compiler_command())
+    h = hashlib.sha256()
+    system = os.uname()
+    for part in (GEMM_SOURCE.read_text(), GEMM_PRELUDE, " ".join(cc), " ".join(COMPILE_FLAGS),
+                 toolchain_identity(cc), system.sysname, system.release, system.machine):
+        h.update(part.encode())
+        h.update(b"\0")
+    return cache_dir() / "gemm" / f"{h.hexdigest()}.o"
 
 
 def _compiler_failure(stderr, source, name):
