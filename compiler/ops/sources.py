@@ -21,21 +21,16 @@ register(OpDef(
     doc="A feed. `shape` has None for the batch dimension; dtype float32 or int32 (class labels).",
 ))
 
-register(OpDef(
-    name="param", arity=0, kind=SOURCE,
-    attrs={"shape": REQUIRED, "init": "zeros", "fan_in": None, "value": None, "std": None},
-    shape=_declared_shape,
-    reference=lambda ctx, node: ctx.param(node.name),
-    doc="A trainable tensor; `init` names how it starts (see runtime.init).",
-))
+def _persistent(name, doc):
+    """A tensor living in the trainer's state: its start value comes from compiler/init.py."""
+    return register(OpDef(
+        name=name, arity=0, kind=SOURCE,
+        attrs={"shape": REQUIRED, "init": "zeros", "fan_in": None, "value": None, "std": None},
+        shape=_declared_shape, reference=lambda ctx, node: ctx.param(node.name), doc=doc))
 
-register(OpDef(
-    name="state", arity=0, kind=SOURCE,
-    attrs={"shape": REQUIRED, "init": "zeros", "fan_in": None, "value": None, "std": None},
-    shape=_declared_shape,
-    reference=lambda ctx, node: ctx.param(node.name),
-    doc="Persistent non-trainable tensor (optimizer moments, running stats), updated in place.",
-))
+
+_persistent("param", "A trainable tensor; `init` names how it starts (see compiler/init.py).")
+_persistent("state", "Persistent non-trainable tensor (optimizer moments, running stats), updated in place.")
 
 register(OpDef(
     name="constant", arity=0, kind=ELEMENTWISE,
