@@ -82,6 +82,18 @@ SHAPES = [
     (256, 1024, 10, "NT"),
 ]
 
+# The GEMM calls of one train step of the small workloads (benchmarks/workloads.py):
+# --shapes w1 / w2.  Tiny calls are dominated by per-call overhead (and cffi's).
+W1_SHAPES = [
+    (32, 64, 1, "NN"), (32, 64, 64, "NN"), (32, 1, 64, "NN"), (32, 64, 1, "NT"),
+    (64, 1, 32, "TN"), (32, 64, 64, "NT"), (64, 64, 32, "TN"), (1, 64, 32, "TN"),
+]
+W2_SHAPES = [
+    (64, 128, 784, "NN"), (64, 10, 128, "NN"), (128, 10, 64, "TN"), (64, 128, 10, "NT"),
+    (784, 128, 64, "TN"),
+]
+SHAPE_SETS = {"default": SHAPES, "w1": W1_SHAPES, "w2": W2_SHAPES}
+
 
 def build(workdir):
     src = pathlib.Path(workdir) / "gemm_bench.c"
@@ -171,12 +183,12 @@ def clean_round(fn, min_time, tries):
     return t, False
 
 
-def bench(ffi, lib, rounds, min_time, tries):
+def bench(ffi, lib, rounds, min_time, tries, shapes=SHAPES):
     rng = np.random.default_rng(0)
     print(f"{'M':>5} {'N':>5} {'K':>5} {'op':>3} {'nncc GF/s':>10} {'numpy GF/s':>11} {'ratio':>6}"
           f"  noisy rounds")
     ratios = []
-    for M, N, K, trans in SHAPES:
+    for M, N, K, trans in shapes:
         ta, tb, A, B = operands(M, N, K, trans, rng)
         opA = A.T if ta else A
         opB = B.T if tb else B
@@ -207,7 +219,7 @@ def thread_check(ffi, lib):
     """Results must be bitwise identical for 1 and 2 OpenMP threads."""
     rng = np.random.default_rng(1)
     ok = True
-    cases = SHAPES + [(333, 517, 1201, "NN"), (129, 77, 900, "TT"), (1000, 40, 300, "NT")]
+    cases = SHAPES + W1_SHAPES + W2_SHAPES + [(333, 517, 1201, "NN"), (129, 77, 900, "TT"), (1000, 40, 300, "NT")]
     for M, N, K, trans in cases:
         ta, tb, A, B = operands(M, N, K, trans, rng)
         outs = []
@@ -230,6 +242,8 @@ def main():
     ap.add_argument("--min-time", type=float, default=0.1)
     ap.add_argument("--tries", type=int, default=8,
                     help="re-runs of a round disturbed by other processes")
+    ap.add_argument("--shapes", choices=sorted(SHAPE_SETS), default="default",
+                    help="shape set: default, or the GEMMs of a W1 / W2 train step")
     args = ap.parse_args()
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
@@ -237,7 +251,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         ffi, lib = build(d)
         print(f"cores: {os.cpu_count()}, numpy {np.__version__}")
-        bench(ffi, lib, args.rounds, args.min_time, args.tries)
+        bench(ffi, lib, args.rounds, args.min_time, args.tries, SHAPE_SETS[args.shapes])
         ok = thread_check(ffi, lib)
     sys.exit(0 if ok else 1)
 

@@ -205,7 +205,12 @@ def test_thread_count_independent(gemm):
     saved = lib.t_get_threads()
     try:
         for M, N, K, ta, tb in [(333, 517, 1201, 0, 0), (256, 10, 1024, 0, 0),
-                                (1024, 10, 256, 1, 0), (256, 784, 1024, 0, 1), (129, 1000, 77, 1, 1)]:
+                                (1024, 10, 256, 1, 0), (256, 784, 1024, 0, 1), (129, 1000, 77, 1, 1),
+                                # the big GEMMs of a W2 step; ragged M read in place
+                                (64, 128, 784, 0, 0), (784, 128, 64, 1, 0), (781, 200, 70, 1, 0),
+                                (781, 200, 70, 0, 1),
+                                # small problems (one thread whatever the setting)
+                                (32, 64, 64, 0, 1), (64, 1, 32, 1, 0), (31, 9, 100, 1, 1)]:
             a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
             b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
             outs = []
@@ -250,7 +255,11 @@ def test_concurrent_callers(gemm):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("M,N,K,ta,tb", [(256, 1024, 784, 0, 0), (1030, 40, 300, 0, 0), (600, 90, 600, 1, 0),
-                                         (64, 128, 784, 0, 1), (5, 7, 0, 0, 0), (33, 65, 7, 1, 1)])
+                                         (64, 128, 784, 0, 1), (5, 7, 0, 0, 0), (33, 65, 7, 1, 1),
+                                         (784, 128, 64, 1, 0), (781, 130, 64, 1, 0),
+                                         # the small path, both orientations
+                                         (32, 64, 64, 0, 1), (32, 1, 64, 0, 0), (64, 1, 32, 1, 0),
+                                         (1, 64, 32, 1, 0), (13, 5, 40, 0, 1), (9, 70, 3, 1, 1)])
 def test_epilogue_runs_once_on_every_finished_element(gemm, threads, M, N, K, ta, tb):
     """nncc_sgemm_epilogue: each element of C is visited exactly once, after its product is
     complete (the result is 2 * A @ B + 1), whatever the blocking and threading."""
@@ -272,3 +281,65 @@ def test_epilogue_runs_once_on_every_finished_element(gemm, threads, M, N, K, ta
     want = 2.0 * ((a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)) + 1.0
     mag = 2.0 * np.abs(a.T if ta else a).astype(np.float64) @ np.abs(b.T if tb else b).astype(np.float64) + 1.0
     assert np.all(np.abs(c - want) <= (K + 3) * np.finfo(np.float32).eps * mag)
+
+
+# Problems under the threading threshold (2*M*N*K < 1e6) with K <= 512 take a separate
+# small path (no packing of a row-major op(B); few columns: computed as C^T); these grids
+# cover its row counts (1, 2, 4, 8 rows computed, ragged rows packed), column tiles,
+# masked column edges and both orientations.
+SMALL_M = [1, 2, 3, 4, 5, 8, 9, 16, 17, 33]
+SMALL_N = [1, 2, 5, 8, 9, 15, 16, 17, 33, 47, 48, 49, 64, 65, 97, 130]
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_small_path_grid(gemm, ta, tb, beta):
+    rng = np.random.default_rng(3000 + 10 * ta + tb + int(beta) * 100)
+    for M in SMALL_M:
+        for N in SMALL_N:
+            for K in (1, 2, 31, 64, 512, 513):
+                if 2 * M * N * K >= 1e6:
+                    continue
+                check(gemm, rng, M, N, K, ta, tb, beta, pad=(M + N + K) % 3)
+                check(gemm, rng, N, M, K, ta, tb, beta)
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_path_matches_blocked_path_bitwise(gemm, ta, tb, threads):
+    """Every element of C gets the same arithmetic on every path: a small problem's result
+    equals, bit for bit, the same rows (or columns) of a problem big enough for the
+    blocked (and threaded) path, for K within one K block."""
+    ffi, lib = gemm
+    rng = np.random.default_rng(4000 + 10 * ta + tb)
+    saved = lib.t_get_threads()
+    lib.t_set_threads(threads)
+    try:
+        for M, N, K in [(32, 64, 64), (32, 1, 64), (64, 1, 32), (1, 64, 32), (13, 5, 40),
+                        (9, 70, 3), (17, 130, 200), (100, 7, 512)]:
+            big = 4 * nncc_rows_for_blocked(M, N, K)
+            a = rng.standard_normal((K, big) if ta else (big, K), dtype=np.float32)
+            b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+            # rows: op(A)[:M] vs the whole op(A)
+            small_a = np.ascontiguousarray(a[:, :M] if ta else a[:M])
+            c_small = np.full((M, N), np.nan, np.float32)
+            call(gemm, ta, tb, small_a, small_a.shape[1], b, b.shape[1], 0.0, c_small, N, M, N, K)
+            c_big = np.full((big, N), np.nan, np.float32)
+            call(gemm, ta, tb, a, a.shape[1], b, b.shape[1], 0.0, c_big, N, big, N, K)
+            assert np.array_equal(c_small.view(np.uint32), c_big[:M].view(np.uint32)), (M, N, K)
+            # columns: op(B)[:, :N] vs a wide op(B)
+            a2 = np.ascontiguousarray(a[:, :M] if ta else a[:M])
+            b2 = rng.standard_normal((big, K) if tb else (K, big), dtype=np.float32)
+            small_b = np.ascontiguousarray(b2[:N] if tb else b2[:, :N])
+            c_small = np.full((M, N), np.nan, np.float32)
+            call(gemm, ta, tb, a2, a2.shape[1], small_b, small_b.shape[1], 0.0, c_small, N, M, N, K)
+            c_big = np.full((M, big), np.nan, np.float32)
+            call(gemm, ta, tb, a2, a2.shape[1], b2, b2.shape[1], 0.0, c_big, big, M, big, K)
+            assert np.array_equal(c_small.view(np.uint32), c_big[:, :N].view(np.uint32)), (M, N, K)
+    finally:
+        lib.t_set_threads(saved)
+
+
+def nncc_rows_for_blocked(M, N, K):
+    """A row (or column) count that takes M x N x K past the threading threshold."""
+    return max(M, N, int(1e6 / (2 * min(M, N) * K)) + 1)
