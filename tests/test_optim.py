@@ -2,7 +2,6 @@
 installed; closed forms otherwise."""
 import math
 
-import networkx as nx
 import numpy as np
 import pytest
 
@@ -13,29 +12,18 @@ IN, HID, OUT, ROWS = 6, 5, 3, 16
 
 
 def mlp():
-    """6 -> 5 -> 3, tanh, softmax cross-entropy, declared by hand."""
-    g = nx.DiGraph()
-    g.add_node("x", op="input", shape=(None, IN))
-    g.add_node("y", op="input", shape=(None,), dtype="int32")
-    prev, width = "x", IN
-    for i, out in enumerate([HID, OUT]):
-        g.add_node(f"W{i}", op="param", shape=(width, out), init="uniform_fan_in")
-        g.add_node(f"b{i}", op="param", shape=(out,), init="uniform_fan_in", fan_in=width)
-        g.add_node(f"mm{i}", op="matmul")
-        g.add_edge(prev, f"mm{i}", arg=0)
-        g.add_edge(f"W{i}", f"mm{i}", arg=1)
-        g.add_node(f"z{i}", op="add")
-        g.add_edge(f"mm{i}", f"z{i}", arg=0)
-        g.add_edge(f"b{i}", f"z{i}", arg=1)
-        prev, width = f"z{i}", out
+    """6 -> 5 -> 3, tanh, softmax cross-entropy; params W0, b0, W1, b1 as torch_run expects."""
+    b = nncc.GraphBuilder()
+    h = b.input("x", (None, IN))
+    b.input("y", (None,), dtype="int32")
+    for i, (width, out) in enumerate([(IN, HID), (HID, OUT)]):
+        w = b.param(f"W{i}", (width, out))
+        bias = b.param(f"b{i}", (out,), fan_in=width)
+        h = b.add(b.matmul(h, w), bias, name=f"z{i}")
         if i == 0:
-            g.add_node("h", op="tanh")
-            g.add_edge(prev, "h", arg=0)
-            prev = "h"
-    g.add_node("loss", op="softmax_cross_entropy")
-    g.add_edge(prev, "loss", arg=0)
-    g.add_edge("y", "loss", arg=1)
-    return g
+            h = b.tanh(h, name="h")
+    b.softmax_cross_entropy(h, "y", name="loss")
+    return b.graph
 
 
 rng = np.random.default_rng(0)
