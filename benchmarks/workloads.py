@@ -34,6 +34,16 @@ LR = 0.01
 EPS = 1e-5
 P_DROP = 0.2
 E1_ROWS, E1_BATCH = 60_000, 64
+
+
+def run_epoch(step, order, X, Y):
+    """One E1 epoch by hand: full batches of E1_BATCH in `order`; the mean step loss."""
+    steps = len(X) // E1_BATCH
+    total = 0.0
+    for k in range(steps):
+        idx = order[k * E1_BATCH:(k + 1) * E1_BATCH]
+        total += step(X[idx], Y[idx])
+    return total / steps
 INIT_SEED, DATA_SEED, TEACHER_SEED, CHECK_SEED = 0, 1, 1234, 2
 
 # id -> layer sizes, activation, loss, batch
@@ -259,13 +269,7 @@ class NumpyMLP:
         return loss
 
     def epoch(self, X, Y, rng):
-        order = rng.permutation(len(X))
-        steps = len(X) // E1_BATCH
-        total = 0.0
-        for k in range(steps):
-            idx = order[k * E1_BATCH:(k + 1) * E1_BATCH]
-            total += self.step(X[idx], Y[idx])
-        return total / steps
+        return run_epoch(self.step, rng.permutation(len(X)), X, Y)
 
 
 class NumpyW4:
@@ -433,13 +437,7 @@ class TorchModel:
         return loss.item()
 
     def epoch(self, X, Y, rng=None):
-        order = self.torch.randperm(len(X), generator=self.gen)
-        steps = len(X) // E1_BATCH
-        total = 0.0
-        for k in range(steps):
-            idx = order[k * E1_BATCH:(k + 1) * E1_BATCH]
-            total += self.step(X[idx], Y[idx])
-        return total / steps
+        return run_epoch(self.step, self.torch.randperm(len(X), generator=self.gen), X, Y)
 
 
 def make_model(fw, wl, params, p_drop=P_DROP):

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import FeedError
 from .init import initial_value
-from .ir import BACKWARD, BATCH, FORWARD
+from .ir import BACKWARD, FORWARD, concrete
 from .ops import get_op
 from .optimizers import SGD
 from .random import shuffled_order
@@ -36,7 +36,7 @@ class Context:
         return self.interp.state[name]
 
     def concrete(self, shape):
-        return tuple(self.n if d == BATCH else d for d in shape)
+        return concrete(shape, self.n)
 
     def check_labels(self, node, labels, classes):
         bad = np.flatnonzero((labels < 0) | (labels >= classes))

@@ -1,8 +1,7 @@
 """Ops without inputs: feeds, trainable params and constants."""
 import numpy as np
 
-from ..ir import BATCH
-from .registry import ELEMENTWISE, REQUIRED, SOURCE, OpDef, float_literal, register
+from .registry import ELEMENTWISE, REQUIRED, SOURCE, OpDef, register
 
 
 def _declared_shape(node, shapes):
@@ -40,5 +39,3 @@ register(OpDef(
     c_expr="{value}",
     doc="A tensor filled with one value (the seed of the backward pass is constant 1).",
 ))
-
-__all__ = ["BATCH", "float_literal"]
