@@ -60,6 +60,7 @@ class Kernel:
     body: list = field(default_factory=list)     # (C variable, expression) per fused node
     stores: list = field(default_factory=list)   # (Operand, C variable)
     accumulate: bool = False                     # a reduction: zero the output, then +=
+    parallel: str | None = None  # element count (C) of a batch-sized loop the team may split
     runtime: tuple = ()
     epilogue: str | None = None  # the GEMM call that runs this loop on its output blocks
     # routine calls
@@ -234,9 +235,14 @@ def _loop_kernel(graph, group, pointer, prefix, in_place=True):
         epilogue = get_op(head.op).c_call(KernelCall(head, graph, pointer, epilogue=name))
         reads = [src for src in head.inputs if src not in reads] + [r for r in reads if r != group.head]
     writes = (root.name,) if not group.head or in_place else (group.head, root.name)
+    # Elements are independent (a reduction's are not: its rows add into one output), so a
+    # loop over the batch can be split over threads without changing any value.
+    parallel = None
+    if not group.head and not accumulate and any(d == BATCH for d in shape):
+        parallel = " * ".join(ext for ext, _ in extents)
     return Kernel(name=name, nodes=((group.head,) if group.head else ()) + group.nodes, reads=tuple(reads),
                   epilogue=epilogue, writes=writes,
-                  loops=loops, inputs=inputs, body=body,
+                  loops=loops, inputs=inputs, body=body, parallel=parallel,
                   stores=[(store, values[root.name])], accumulate=accumulate,
                   runtime=tuple(sorted(runtime)),
                   comment=f"{target or root.name} = {comment}  {_shape_text(root.shape)}"

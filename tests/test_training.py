@@ -1,4 +1,5 @@
 """Training as users run it: fit in C, dropout masks, LayerNorm/BatchNorm, resuming."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -235,3 +236,36 @@ def test_apply_needs_accumulated_gradients_and_the_compile_flag():
     micro = nncc.compile(classifier.model(), outputs=["logits"], batch_size=8, accumulate=True)
     with pytest.raises(RuntimeError, match="no gradients accumulated"):
         micro.apply_gradients()
+
+
+# -- kernels split over threads ----------------------------------------------------------------
+
+def _set_omp_threads(n):
+    import ctypes
+    ctypes.CDLL("libgomp.so.1").omp_set_num_threads(n)
+
+
+def test_kernels_split_over_threads_give_the_same_bits_as_one_thread():
+    """At 128 x 512 (past NNCC_PARALLEL_MIN_FLOATS) LayerNorm, BatchNorm, dropout and the
+    elementwise loops run on the OpenMP team: each thread a contiguous range of rows or
+    columns, so no value may depend on the thread count; and the model still matches the
+    reference."""
+    graph = norm_dropout.model(features=32, hidden=512, classes=4, p=0.2)
+    data = norm_dropout.data(rows=128, features=32, classes=4)
+    runs = []
+    try:
+        for threads in (1, 2):
+            _set_omp_threads(threads)
+            trainer = nncc.compile(graph, outputs=["logits"], optimizer=nncc.SGD(lr=0.05, momentum=0.9),
+                                   batch_size=128)
+            losses = [trainer.step(**data) for _ in range(3)]
+            runs.append((losses, trainer.state_dict(), trainer.predict(**data)["logits"]))
+    finally:
+        _set_omp_threads(os.cpu_count() or 1)
+    (losses1, state1, logits1), (losses2, state2, logits2) = runs
+    assert losses1 == losses2
+    for name in state1:
+        np.testing.assert_array_equal(state1[name], state2[name], err_msg=name)
+    np.testing.assert_array_equal(logits1, logits2)
+    trainer = nncc.compile(graph, outputs=["logits"], optimizer=nncc.SGD(lr=0.05, momentum=0.9), batch_size=128)
+    nncc.testing.assert_matches_reference(trainer, data, steps=3)
