@@ -96,6 +96,7 @@ def _entry_view(entry: Entry, program: Program):
     if entry.loss:
         args += ", double *loss_total"
     return {"name": entry.name, "feeds": feeds, "buffers": buffers, "steps": steps,
+            "feed_row_floats": sum(f["row"] for f in feeds),
             "can_fail": error_code > 0, "outputs": outputs,
             "signature": f"int nncc_{entry.name}(nncc_runtime *rt, float *arena, int64_t n_total{args})",
             "loss": entry.loss, "loss_pointer": entry.pointers.get(entry.loss),

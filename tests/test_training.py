@@ -269,3 +269,28 @@ def test_kernels_split_over_threads_give_the_same_bits_as_one_thread():
     np.testing.assert_array_equal(logits1, logits2)
     trainer = nncc.compile(graph, outputs=["logits"], optimizer=nncc.SGD(lr=0.05, momentum=0.9), batch_size=128)
     nncc.testing.assert_matches_reference(trainer, data, steps=3)
+
+
+def test_fit_gathers_batches_on_the_team_with_the_same_bits_as_one_thread():
+    """784 features x 64 rows is past NNCC_PARALLEL_MIN_FLOATS: fit gathers each batch on the
+    OpenMP team (and prefetches the next); the epoch must not depend on the thread count."""
+    data = classifier.data(rows=400, seed=5)
+    runs = []
+    try:
+        for threads in (1, 2):
+            _set_omp_threads(threads)
+            trainer = nncc.compile(classifier.model(), outputs=["logits"], optimizer=nncc.SGD(lr=0.05),
+                                   batch_size=64)
+            history = trainer.fit(epochs=2, batch_size=64, seed=7, step_losses=True, **data)
+            runs.append((history["step_loss"], trainer.state_dict()))
+    finally:
+        _set_omp_threads(os.cpu_count() or 1)
+    (steps1, state1), (steps2, state2) = runs
+    for epoch in range(2):
+        np.testing.assert_array_equal(steps1[epoch], steps2[epoch])
+    for name in state1:
+        np.testing.assert_array_equal(state1[name], state2[name], err_msg=name)
+    trainer = nncc.compile(classifier.model(), outputs=["logits"], optimizer=nncc.SGD(lr=0.05), batch_size=64)
+    want = nncc.testing.reference_for(trainer).fit(epochs=2, batch_size=64, seed=7, step_losses=True, **data)
+    for epoch in range(2):
+        np.testing.assert_allclose(steps2[epoch], want["step_loss"][epoch], rtol=1e-4, atol=1e-6)
