@@ -111,6 +111,7 @@ def _loop_view(kernel):
     return {"name": kernel.name, "comment": kernel.comment, "params": _params(kernel),
             "loops": kernel.loops, "inputs": kernel.inputs, "body": kernel.body,
             "stores": kernel.stores, "accumulate": kernel.accumulate, "parallel": kernel.parallel,
+            "split_columns": kernel.split_columns,
             "out_numel": None, "uses_n": _uses_n(kernel), "epilogue": kernel.epilogue is not None,
             "fields": [ctype[:-len("restrict")] + name if ctype.endswith("*restrict") else f"{ctype} {name}"
                        for ctype, name in _params(kernel)]}

@@ -61,6 +61,7 @@ class Kernel:
     stores: list = field(default_factory=list)   # (Operand, C variable)
     accumulate: bool = False                     # a reduction: zero the output, then +=
     parallel: str | None = None  # element count (C) of a batch-sized loop the team may split
+    split_columns: str | None = None  # a row reduction the team splits by these columns
     runtime: tuple = ()
     epilogue: str | None = None  # the GEMM call that runs this loop on its output blocks
     # routine calls
@@ -237,12 +238,19 @@ def _loop_kernel(graph, group, pointer, prefix, in_place=True):
     writes = (root.name,) if not group.head or in_place else (group.head, root.name)
     # Elements are independent (a reduction's are not: its rows add into one output), so a
     # loop over the batch can be split over threads without changing any value.
-    parallel = None
-    if not group.head and not accumulate and any(d == BATCH for d in shape):
-        parallel = " * ".join(ext for ext, _ in extents)
+    # A reduction over the rows into columns splits its columns instead: each column is
+    # still summed over all rows in row order.
+    parallel = split_columns = None
+    if not group.head and any(d == BATCH for d in shape):
+        if not accumulate:
+            parallel = " * ".join(ext for ext, _ in extents)
+        elif len(loops) == 2 and store.index == loops[1].var:
+            parallel = " * ".join(ext for ext, _ in extents)
+            split_columns = loops[1].extent
+            loops[1] = Loop(loops[1].var, "hi", "lo")
     return Kernel(name=name, nodes=((group.head,) if group.head else ()) + group.nodes, reads=tuple(reads),
                   epilogue=epilogue, writes=writes,
-                  loops=loops, inputs=inputs, body=body, parallel=parallel,
+                  loops=loops, inputs=inputs, body=body, parallel=parallel, split_columns=split_columns,
                   stores=[(store, values[root.name])], accumulate=accumulate,
                   runtime=tuple(sorted(runtime)),
                   comment=f"{target or root.name} = {comment}  {_shape_text(root.shape)}"
