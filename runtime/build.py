@@ -37,6 +37,7 @@ GEMM_PRELUDE = """/* The GEMM of nncc's generated modules, compiled once per mac
 #define NNCC_GEMM_LINKAGE __attribute__((visibility("hidden")))
 #define NNCC_COMPILE_GEMM 1
 """
+GEMM_PARTS = (1, 2)  # NNCC_GEMM_PART: the micro-kernels, the rest (see gemm.c.j2)
 LIBRARY = "libmodel.so"
 CDEF = "interface.cdef"  # the header's declarations, as cffi reads them
 
@@ -150,44 +151,53 @@ def build(program_fingerprint: str, emit, name="model") -> BuildResult:
 
 
 def _compile_library(work: Path, name: str, source: str):
-    """Compile the model (without its GEMM) and, unless this machine has it cached, the GEMM,
-    in parallel on two processes; link them into LIBRARY. The GEMM object is content-keyed
-    and published atomically, so it is compiled once per machine and toolchain."""
+    """Compile the model (without its GEMM) and, unless this machine has them cached, the
+    GEMM's parts, in parallel processes; link them into LIBRARY. The GEMM objects are
+    content-keyed and published atomically, so they are compiled once per machine and
+    toolchain."""
     cc = compiler_command()
-    gemm = _gemm_object_path()
+    gemm = _gemm_object_paths()
     jobs = {"model": [*cc, *COMPILE_FLAGS, "-DNNCC_EXTERNAL_GEMM", "-c", f"{name}.c", "-o", "model.o"]}
-    if not gemm.exists():
-        (work / "gemm.c").write_text(GEMM_PRELUDE + GEMM_SOURCE.read_text())
-        jobs["gemm"] = [*cc, *COMPILE_FLAGS, "-c", "gemm.c", "-o", "gemm.o"]
+    for part, obj in gemm.items():
+        if not obj.exists():
+            (work / f"gemm{part}.c").write_text(gemm_source(part))
+            jobs[part] = [*cc, *COMPILE_FLAGS, "-c", f"gemm{part}.c", "-o", f"gemm{part}.o"]
     procs = {k: subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, cmd in jobs.items()}
     stderr = {k: p.communicate()[1] for k, p in procs.items()}
     errors = {k: stderr[k] for k, p in procs.items() if p.returncode != 0}
     if "model" in errors:
         raise BuildError(_compiler_failure(errors["model"], source, name))
-    if "gemm" in errors:
-        raise BuildError(f"internal error: the GEMM failed to compile (please report):\n{errors['gemm'][:2000]}")
-    if "gemm" in jobs:
-        gemm.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".gemm-", suffix=".o", dir=gemm.parent)
-        os.close(fd)
-        shutil.copyfile(work / "gemm.o", tmp)
-        os.replace(tmp, gemm)  # atomic: a concurrent builder sees the old or the new, both whole
-    link = [*cc, *LINK_FLAGS, "-o", LIBRARY, "model.o", str(gemm), "-lm"]
+    if errors:
+        raise BuildError(f"internal error: the GEMM failed to compile (please report):\n{next(iter(errors.values()))[:2000]}")
+    for part, obj in gemm.items():
+        if part in jobs:
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".gemm-", suffix=".o", dir=obj.parent)
+            os.close(fd)
+            shutil.copyfile(work / f"gemm{part}.o", tmp)
+            os.replace(tmp, obj)  # atomic: a concurrent builder sees the old or the new, both whole
+    link = [*cc, *LINK_FLAGS, "-o", LIBRARY, "model.o", *map(str, gemm.values()), "-lm"]
     proc = subprocess.run(link, cwd=work, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"internal error: linking failed (please report):\n{proc.stderr[:2000]}")
 
 
-def _gemm_object_path() -> Path:
+def gemm_source(part: int) -> str:
+    """The C of one part of the GEMM (one of GEMM_PARTS), as compiled for every model."""
+    return f"{GEMM_PRELUDE}#define NNCC_GEMM_PART {part}\n{GEMM_SOURCE.read_text()}"
+
+
+def _gemm_object_paths() -> dict:
+    """The cached object of each part of the GEMM: {part: path}."""
     cc = tuple(compiler_command())
     h = hashlib.sha256()
     system = os.uname()
-    for part in (GEMM_SOURCE.read_text(), GEMM_PRELUDE, " ".join(cc), " ".join(COMPILE_FLAGS),
-                 toolchain_identity(cc), system.sysname, system.release, system.machine):
-        h.update(part.encode())
+    for field in (GEMM_SOURCE.read_text(), GEMM_PRELUDE, " ".join(cc), " ".join(COMPILE_FLAGS),
+                  toolchain_identity(cc), system.sysname, system.release, system.machine):
+        h.update(field.encode())
         h.update(b"\0")
-    return cache_dir() / "gemm" / f"{h.hexdigest()}.o"
+    return {part: cache_dir() / "gemm" / f"{h.hexdigest()}-{part}.o" for part in GEMM_PARTS}
 
 
 def _compiler_failure(stderr, source, name):

@@ -1,7 +1,8 @@
 """Tests for the float32 GEMM kernel templates/kernels/gemm.c.j2 (nncc_sgemm).
 
 The kernel is pasted into a small C file with exported wrappers, built with the
-flags used for generated modules, and called through cffi (ABI mode).
+flags used for generated modules, and called through cffi (ABI mode); or, as nncc
+builds it, compiled in parts (runtime/build.py) that the wrappers link against.
 """
 import ctypes
 import os
@@ -71,13 +72,23 @@ int t_get_threads(void);
 """
 
 
-def build(d, march="-march=native"):
+def build(d, march="-march=native", split=False):
+    """The kernel in one translation unit with the wrappers, or (split) in the parts that
+    runtime/build.py compiles for every model, the wrappers seeing only its declarations."""
     text = KERNEL.read_text()
     assert "{{" not in text and "{%" not in text and "{#" not in text
+    flags = ["-O3", march, "-std=gnu99", "-fPIC", "-fopenmp", "-Wall", "-Werror"]
+    objects = []
+    if split:
+        from nncc.runtime.build import GEMM_PARTS, gemm_source
+
+        for part in GEMM_PARTS:
+            (d / f"gemm{part}.c").write_text(gemm_source(part))
+            objects.append(str(d / f"gemm{part}.o"))
+            subprocess.run(["gcc", *flags, "-c", str(d / f"gemm{part}.c"), "-o", objects[-1]], check=True)
+        text = '#define NNCC_GEMM_LINKAGE __attribute__((visibility("hidden")))\n#define NNCC_COMPILE_GEMM 0\n' + text
     (d / "g.c").write_text(WRAPPER % text)
-    cmd = ["gcc", "-O3", march, "-std=gnu99", "-fPIC", "-shared", "-fopenmp",
-           "-Wall", "-Werror", str(d / "g.c"), "-o", str(d / "g.so")]
-    subprocess.run(cmd, check=True)
+    subprocess.run(["gcc", *flags, "-shared", str(d / "g.c"), *objects, "-o", str(d / "g.so")], check=True)
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     lib = ffi.dlopen(str(d / "g.so"))
@@ -93,6 +104,11 @@ def build(d, march="-march=native"):
 @pytest.fixture(scope="session")
 def gemm(tmp_path_factory):
     return build(tmp_path_factory.mktemp("gemm"))
+
+
+@pytest.fixture(scope="session")
+def gemm_split(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("gemm_split"), split=True)
 
 
 def padded(rng, rows, cols, pad):
@@ -189,9 +205,10 @@ def cpu_flags():
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or
                     not {"avx2", "fma"} <= set(cpu_flags()), reason="needs an x86-64 CPU with AVX2")
 @pytest.mark.parametrize("march", ["-march=x86-64-v3", "-march=x86-64"])
-def test_other_isa_paths(tmp_path, march):
+@pytest.mark.parametrize("split", [False, True])
+def test_other_isa_paths(tmp_path, march, split):
     # The AVX2 and the portable (SSE2 / vector extension) code paths.
-    gemm = build(tmp_path, march)
+    gemm = build(tmp_path, march, split)
     rng = np.random.default_rng(5)
     for ta, tb in TRANS:
         for M, N, K in [(1, 1, 1), (7, 33, 65), (65, 7, 33), (129, 300, 65), (33, 129, 600)]:
@@ -343,3 +360,22 @@ def test_small_path_matches_blocked_path_bitwise(gemm, ta, tb, threads):
 def nncc_rows_for_blocked(M, N, K):
     """A row (or column) count that takes M x N x K past the threading threshold."""
     return max(M, N, int(1e6 / (2 * min(M, N) * K)) + 1)
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_split_build_matches_one_translation_unit_bitwise(gemm, gemm_split, ta, tb):
+    """The GEMM as nncc builds it (runtime/build.py: in parts) computes what the GEMM in one
+    translation unit does, bit for bit: small path (both orientations) and blocked path."""
+    rng = np.random.default_rng(5000 + 10 * ta + tb)
+    for M, N, K in [(32, 64, 1), (64, 1, 32), (1, 64, 32), (9, 70, 130), (100, 12, 200), (13, 5, 40),
+                    (64, 10, 128), (64, 128, 784), (784, 128, 64), (333, 517, 600), (1030, 40, 300)]:
+        a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+        b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+        c0 = rng.standard_normal((M, N), dtype=np.float32)
+        for beta in (0.0, 1.0):
+            outs = []
+            for build_ in (gemm, gemm_split):
+                c = c0.copy()
+                call(build_, ta, tb, a, a.shape[1], b, b.shape[1], beta, c, N, M, N, K)
+                outs.append(c.view(np.uint32))
+            assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb, beta)
