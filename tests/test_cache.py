@@ -53,6 +53,19 @@ def test_changed_attribute_misses(tmp_path):
     assert changed["hit"] is False
 
 
+def test_gemm_is_compiled_once_for_all_models(tmp_path):
+    """The GEMM's parts are compiled by the first build on a machine (in parallel with the
+    model) and then shared: another model compiles only itself."""
+    from nncc.runtime.build import GEMM_PARTS
+
+    compiles = lambda run: [p for p in run["processes"] if "'-c'" in p]
+    first = compiles(run_fresh(tmp_path))
+    assert len(first) == 1 + len(GEMM_PARTS)
+    assert len(list((tmp_path / "gemm").glob("*.o"))) == len(GEMM_PARTS)
+    second = compiles(run_fresh(tmp_path, tweak=True))
+    assert len(second) == 1 and "NNCC_EXTERNAL_GEMM" in second[0]
+
+
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     from nncc.runtime.build import cache_dir
 
