@@ -2,8 +2,9 @@
 """Benchmark nncc's float32 GEMM kernel (templates/kernels/gemm.c.j2) against
 numpy's matmul in the same process.
 
-The kernel is pasted into a tiny C file with an exported wrapper, built with
-the flags nncc uses for generated modules, and loaded with cffi in ABI mode.
+The kernel is built as nncc builds it for every model (runtime/build.py: its
+parts, with nncc's flags), linked with a tiny exported wrapper and loaded with
+cffi in ABI mode.
 
 Usage (numpy's OpenBLAS is slowed down by OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE,
 so unset them for a fair comparison):
@@ -33,7 +34,6 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KERNEL = ROOT / "templates" / "kernels" / "gemm.c.j2"
-CFLAGS = ["-O3", "-march=native", "-std=gnu99", "-fPIC", "-shared", "-fopenmp"]
 
 CDEF = """
 void bench_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
@@ -47,6 +47,8 @@ WRAPPER = """
 #include <stddef.h>
 #include <string.h>
 #include <math.h>
+#define NNCC_GEMM_LINKAGE __attribute__((visibility("hidden")))
+#define NNCC_COMPILE_GEMM 0
 %s
 #ifdef _OPENMP
 #include <omp.h>
@@ -96,10 +98,21 @@ SHAPE_SETS = {"default": SHAPES, "w1": W1_SHAPES, "w2": W2_SHAPES}
 
 
 def build(workdir):
-    src = pathlib.Path(workdir) / "gemm_bench.c"
-    lib = pathlib.Path(workdir) / "libgemm_bench.so"
-    src.write_text(WRAPPER % KERNEL.read_text())
-    subprocess.run(["gcc", *CFLAGS, str(src), "-o", str(lib)], check=True)
+    from nncc.runtime.build import COMPILE_FLAGS, GEMM_PARTS, LINK_FLAGS, compiler_command, gemm_source
+
+    workdir = pathlib.Path(workdir)
+    cc = compiler_command()
+    objects = []
+    for part in GEMM_PARTS:
+        (workdir / f"gemm{part}.c").write_text(gemm_source(part))
+        objects.append(workdir / f"gemm{part}.o")
+        subprocess.run([*cc, *COMPILE_FLAGS, "-c", str(workdir / f"gemm{part}.c"), "-o", str(objects[-1])],
+                       check=True)
+    src = workdir / "gemm_bench.c"
+    lib = workdir / "libgemm_bench.so"
+    src.write_text(WRAPPER % KERNEL.read_text())  # the GEMM's declarations only
+    subprocess.run([*cc, *COMPILE_FLAGS, *LINK_FLAGS, str(src), *map(str, objects), "-o", str(lib)],
+                   check=True)
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     handle = ffi.dlopen(str(lib))
