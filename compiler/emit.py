@@ -11,7 +11,7 @@ from importlib import resources
 import jinja2
 
 from .ir import numel
-from .lower import dim
+from .lower import PARALLEL_MIN_FLOATS, dim
 from .ops import get_op
 from .program import Entry, Program, row_size
 from .random import SHUFFLE_KEY
@@ -96,7 +96,7 @@ def _entry_view(entry: Entry, program: Program):
     if entry.loss:
         args += ", double *loss_total"
     return {"name": entry.name, "feeds": feeds, "buffers": buffers, "steps": steps,
-            "feed_row_floats": sum(f["row"] for f in feeds),
+            "gather_in_parallel": program.capacity * sum(f["row"] for f in feeds) >= PARALLEL_MIN_FLOATS,
             "can_fail": error_code > 0, "outputs": outputs,
             "signature": f"int nncc_{entry.name}(nncc_runtime *rt, float *arena, int64_t n_total{args})",
             "loss": entry.loss, "loss_pointer": entry.pointers.get(entry.loss),
@@ -152,6 +152,7 @@ def emit(program: Program, model_name="model") -> CSource:
         "accumulate": program.accumulate and _entry_view(program.accumulate, program),
         "apply": program.apply and _entry_view(program.apply, program),
         "shuffle_key": SHUFFLE_KEY,
+        "parallel_min_floats": PARALLEL_MIN_FLOATS,
     }
     declarations = ENV.get_template("declarations.h.j2").render(context)
     header = ENV.get_template("module.h.j2").render(context, declarations=declarations)

@@ -10,9 +10,13 @@ import re
 from dataclasses import dataclass, field
 
 from .fusion import fuse_elementwise, is_inlined_constant, iteration_shape, product_in_place
-from .ir import BATCH, Graph, numel
+from .ir import BATCH, Graph, concrete, numel
 from .ops import KERNEL, REDUCE, SOURCE, get_op
 from .ops.registry import float_literal
+
+# Loops over at least this many floats are split over the OpenMP team; below it, starting
+# the team costs more than it saves (a fork/join is ~0.5 us on 2 cores).
+PARALLEL_MIN_FLOATS = 32768
 
 
 def c_name(name: str) -> str:
@@ -96,8 +100,10 @@ class KernelCall:
 PHASE_PREFIX = {"forward": "fwd", "backward": "bwd", "update": "upd"}
 
 
-def lower(graph: Graph, keep, fusion=True, prefix=None):
-    """Kernels of `graph` in execution order. `keep`: nodes that must be materialised.
+def lower(graph: Graph, keep, fusion=True, prefix=None, capacity=1):
+    """Kernels of `graph` in execution order. `keep`: nodes that must be materialised;
+    `capacity`: the most rows a call can have (loops that never reach PARALLEL_MIN_FLOATS
+    at that size stay serial, without even a run-time test).
 
     Loop kernels are named <phase>_<root node> (phase fwd, bwd, upd) or update_<target>
     for in-place writes; `prefix` (the entry, for entries other than the train step) goes
@@ -126,7 +132,7 @@ def lower(graph: Graph, keep, fusion=True, prefix=None):
         if group is None or group.root != node.name or group in emitted:
             continue
         emitted.add(group)
-        kernels.append(_loop_kernel(graph, group, pointer, prefix, product_in_place(graph, group, keep)))
+        kernels.append(_loop_kernel(graph, group, pointer, prefix, capacity, product_in_place(graph, group, keep)))
     return kernels, pointers
 
 
@@ -175,7 +181,7 @@ def _shape_text(shape):
     return "[" + ", ".join(dim(d) for d in shape) + "]"
 
 
-def _loop_kernel(graph, group, pointer, prefix, in_place=True):
+def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True):
     members = set(group.nodes)
     root = graph[group.root]
     shape = iteration_shape(graph, root)
@@ -241,7 +247,7 @@ def _loop_kernel(graph, group, pointer, prefix, in_place=True):
     # A reduction over the rows into columns splits its columns instead: each column is
     # still summed over all rows in row order.
     parallel = split_columns = None
-    if not group.head and any(d == BATCH for d in shape):
+    if not group.head and BATCH in shape and numel(concrete(shape, capacity)) >= PARALLEL_MIN_FLOATS:
         if not accumulate:
             parallel = " * ".join(ext for ext, _ in extents)
         elif len(loops) == 2 and store.index == loops[1].var:

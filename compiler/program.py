@@ -96,7 +96,7 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
     for name, graph, outputs, loss in specs:
         keep = set(outputs) | ({loss} if loss else set())
         prefix = None if name == "train" else name
-        kernels, pointers = lower(graph, keep | set(pinned), fusion=fusion, prefix=prefix)
+        kernels, pointers = lower(graph, keep | set(pinned), fusion=fusion, prefix=prefix, capacity=capacity)
         planned, end = plan_program(graph, kernels, pinned, pinned_end, capacity, keep)
         buffers = {**{k: v for k, v in pinned.items() if k in graph.nodes}, **planned}
         for node in graph:  # in-place writes land in their target's buffer
