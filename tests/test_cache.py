@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     x = np.zeros((64, 784), np.float32); y = np.zeros(64, np.int32)
     trainer.step(x=x, y=y)
     print(json.dumps({{"hit": trainer.report.cache_hit, "processes": started,
-                      "seconds": time.perf_counter() - t0}}))
+                      "seconds": time.perf_counter() - t0, "c_parser": "cffi.cparser" in sys.modules}}))
 """)
 
 
@@ -45,6 +45,16 @@ def test_second_process_hits_without_running_the_compiler(tmp_path):
     second = run_fresh(tmp_path)
     assert second["hit"] is True
     assert second["processes"] == []  # no compiler, no process of any kind
+    assert second["c_parser"] is False  # the entry's pre-parsed FFI module, not cffi's C parser
+
+
+def test_an_entry_without_its_ffi_module_still_loads(tmp_path):
+    """Entries built before the pre-parsed FFI module existed: the declarations are parsed."""
+    run_fresh(tmp_path)
+    (module,) = tmp_path.glob("*/*/interface_ffi.py")
+    module.unlink()
+    again = run_fresh(tmp_path)
+    assert again["hit"] is True and again["c_parser"] is True
 
 
 def test_changed_attribute_misses(tmp_path):
