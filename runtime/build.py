@@ -170,7 +170,7 @@ def _compile_library(work: Path, name: str, source: str):
             jobs[part] = [*cc, *COMPILE_FLAGS, "-c", f"gemm{part}.c", "-o", f"gemm{part}.o"]
     procs = {k: subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, cmd in jobs.items()}
-    FFI()  # the first one imports cffi's C parser (~30 ms, for load_library): now, while gcc runs
+    FFI()  # the first one imports cffi's C parser (~20 ms, for _write_ffi_module): now, while gcc runs
     stderr = {k: p.communicate()[1] for k, p in procs.items()}
     errors = {k: stderr[k] for k, p in procs.items() if p.returncode != 0}
     if "model" in errors:
