@@ -1,5 +1,4 @@
 """Training as users run it: fit in C, dropout masks, LayerNorm/BatchNorm, resuming."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -240,9 +239,20 @@ def test_apply_needs_accumulated_gradients_and_the_compile_flag():
 
 # -- kernels split over threads ----------------------------------------------------------------
 
-def _set_omp_threads(n):
+def on_1_and_2_threads(run):
+    """run() with the OpenMP team at 1 thread, then at 2; the team size is restored after."""
     import ctypes
-    ctypes.CDLL("libgomp.so.1").omp_set_num_threads(n)
+
+    gomp = ctypes.CDLL("libgomp.so.1")
+    before = gomp.omp_get_max_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            gomp.omp_set_num_threads(threads)
+            results.append(run())
+        return results
+    finally:
+        gomp.omp_set_num_threads(before)
 
 
 def test_kernels_split_over_threads_give_the_same_bits_as_one_thread():
@@ -252,17 +262,13 @@ def test_kernels_split_over_threads_give_the_same_bits_as_one_thread():
     reference."""
     graph = norm_dropout.model(features=32, hidden=512, classes=4, p=0.2)
     data = norm_dropout.data(rows=128, features=32, classes=4)
-    runs = []
-    try:
-        for threads in (1, 2):
-            _set_omp_threads(threads)
-            trainer = nncc.compile(graph, outputs=["logits"], optimizer=nncc.SGD(lr=0.05, momentum=0.9),
-                                   batch_size=128)
-            losses = [trainer.step(**data) for _ in range(3)]
-            runs.append((losses, trainer.state_dict(), trainer.predict(**data)["logits"]))
-    finally:
-        _set_omp_threads(os.cpu_count() or 1)
-    (losses1, state1, logits1), (losses2, state2, logits2) = runs
+
+    def run():
+        trainer = nncc.compile(graph, outputs=["logits"], optimizer=nncc.SGD(lr=0.05, momentum=0.9), batch_size=128)
+        losses = [trainer.step(**data) for _ in range(3)]
+        return losses, trainer.state_dict(), trainer.predict(**data)["logits"]
+
+    (losses1, state1, logits1), (losses2, state2, logits2) = on_1_and_2_threads(run)
     assert losses1 == losses2
     for name in state1:
         np.testing.assert_array_equal(state1[name], state2[name], err_msg=name)
@@ -275,17 +281,13 @@ def test_fit_gathers_batches_on_the_team_with_the_same_bits_as_one_thread():
     """784 features x 64 rows is past NNCC_PARALLEL_MIN_FLOATS: fit gathers each batch on the
     OpenMP team (and prefetches the next); the epoch must not depend on the thread count."""
     data = classifier.data(rows=400, seed=5)
-    runs = []
-    try:
-        for threads in (1, 2):
-            _set_omp_threads(threads)
-            trainer = nncc.compile(classifier.model(), outputs=["logits"], optimizer=nncc.SGD(lr=0.05),
-                                   batch_size=64)
-            history = trainer.fit(epochs=2, batch_size=64, seed=7, step_losses=True, **data)
-            runs.append((history["step_loss"], trainer.state_dict()))
-    finally:
-        _set_omp_threads(os.cpu_count() or 1)
-    (steps1, state1), (steps2, state2) = runs
+
+    def run():
+        trainer = nncc.compile(classifier.model(), outputs=["logits"], optimizer=nncc.SGD(lr=0.05), batch_size=64)
+        history = trainer.fit(epochs=2, batch_size=64, seed=7, step_losses=True, **data)
+        return history["step_loss"], trainer.state_dict()
+
+    (steps1, state1), (steps2, state2) = on_1_and_2_threads(run)
     for epoch in range(2):
         np.testing.assert_array_equal(steps1[epoch], steps2[epoch])
     for name in state1:
