@@ -47,6 +47,15 @@ void t_sgemm_epilogue(int ta, int tb, int64_t M, int64_t N, int64_t K, const flo
     const struct t_epilogue_args args = {C, ldc, visits};
     nncc_sgemm_epilogue(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, t_epilogue, &args);
 }
+void t_sgemm_update(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, float alpha, float *C, int64_t ldc)
+{ nncc_sgemm_update(ta, tb, M, N, K, A, lda, B, ldb, alpha, C, ldc); }
+/* What an update must equal: the stored product P applied as C = fmaf(alpha, P, C). */
+void t_fma(int64_t count, float alpha, const float *P, float *C)
+{
+    for (int64_t i = 0; i < count; i++)
+        C[i] = fmaf(alpha, P[i], C[i]);
+}
 void t_set_threads(int n)
 {
 #ifdef _OPENMP
@@ -67,6 +76,9 @@ void t_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, in
              const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 void t_sgemm_epilogue(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                       const float *B, int64_t ldb, float *C, int64_t ldc, int32_t *visits);
+void t_sgemm_update(int ta, int tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, float alpha, float *C, int64_t ldc);
+void t_fma(int64_t count, float alpha, const float *P, float *C);
 void t_set_threads(int n);
 int t_get_threads(void);
 """
@@ -379,3 +391,46 @@ def test_split_build_matches_one_translation_unit_bitwise(gemm, gemm_split, ta, 
                 call(build_, ta, tb, a, a.shape[1], b, b.shape[1], beta, c, N, M, N, K)
                 outs.append(c.view(np.uint32))
             assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb, beta)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_update_equals_the_stored_product_applied_by_one_fma(gemm, gemm_split, ta, tb, threads):
+    """nncc_sgemm_update (C += alpha * op(A) @ op(B), an SGD step that never stores the
+    gradient) gives, bit for bit, the product stored by nncc_sgemm and then applied as
+    fmaf(alpha, P, C), on every path (small, both orientations; blocked, rows or columns
+    split; ragged edges), for any alpha including 0 and -0, in both builds. Past one K
+    block (K > 512) the blocks are added in turn: correct to float32 accuracy."""
+    ffi, lib = gemm
+    rng = np.random.default_rng(6000 + 10 * ta + tb)
+    p = lambda x: ffi.cast("float *", x.ctypes.data)
+    saved = lib.t_get_threads()
+    lib.t_set_threads(threads)
+    try:
+        for M, N, K in [(784, 128, 64), (128, 10, 64), (10, 128, 64), (1024, 1024, 256), (512, 784, 128),
+                        (13, 5, 40), (9, 70, 3), (64, 64, 32), (1, 64, 32), (781, 130, 512), (5, 7, 0)]:
+            a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+            b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+            w = rng.standard_normal((M, N), dtype=np.float32)
+            product = np.full((M, N), np.nan, np.float32)
+            call(gemm, ta, tb, a, a.shape[1], b, b.shape[1], 0.0, product, N, M, N, K)
+            for alpha in (-0.01, 0.0, -0.0, 1.0):
+                want = w.copy()
+                lib.t_fma(M * N, alpha, p(product), p(want))
+                for ffi_, lib_ in (gemm, gemm_split):
+                    got = w.copy()
+                    lib_.t_sgemm_update(ta, tb, M, N, K, ffi_.cast("float *", a.ctypes.data), a.shape[1],
+                                        ffi_.cast("float *", b.ctypes.data), b.shape[1], alpha,
+                                        ffi_.cast("float *", got.ctypes.data), N)
+                    assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (M, N, K, alpha)
+        M, N, K = 200, 150, 1100  # three K blocks
+        a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+        b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+        w = rng.standard_normal((M, N), dtype=np.float32)
+        got = w.copy()
+        lib.t_sgemm_update(ta, tb, M, N, K, p(a), a.shape[1], p(b), b.shape[1], -0.5, p(got), N)
+        opa, opb = (a.T if ta else a).astype(np.float64), (b.T if tb else b).astype(np.float64)
+        mag = np.abs(w) + 0.5 * np.abs(opa) @ np.abs(opb)
+        assert np.all(np.abs(got - (w - 0.5 * (opa @ opb))) <= (K + 4) * np.finfo(np.float32).eps * mag)
+    finally:
+        lib.t_set_threads(saved)
