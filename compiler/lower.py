@@ -80,8 +80,9 @@ class Kernel:
 class KernelCall:
     """What an op's `c_call` sees."""
 
-    def __init__(self, node, graph, pointer, epilogue=None):
+    def __init__(self, node, graph, pointer, epilogue=None, alpha=None):
         self.epilogue = epilogue  # name of a loop kernel to run on the output blocks
+        self.alpha = alpha        # add alpha (a C expression) times the result into `out`
         self.attrs = node.attrs
         self.args = [pointer(i) for i in node.inputs]
         self.in_shapes = [graph[i].shape for i in node.inputs]
@@ -118,9 +119,13 @@ def lower(graph: Graph, keep, fusion=True, prefix=None, capacity=1):
         return pointers[name]
 
     groups = fuse_elementwise(graph, keep, enabled=fusion)
+    updates = {}  # group -> alpha: the GEMM adds alpha * product into the root's buffer
     for group in set(groups.values()):
-        if group.head and product_in_place(graph, group, keep):
-            pointers[group.head] = pointers[group.root]  # the epilogue finishes it in place
+        alpha = _update_in_gemm(graph, group, keep, capacity)
+        if alpha:
+            updates[group] = alpha
+        if alpha or (group.head and product_in_place(graph, group, keep)):
+            pointers[group.head] = pointers[group.root]  # the product goes into the root's buffer
     kernels, emitted = [], set()
     for node in graph:
         if get_op(node.op).kind == SOURCE or (node.name in groups and groups[node.name].head == node.name):
@@ -132,8 +137,40 @@ def lower(graph: Graph, keep, fusion=True, prefix=None, capacity=1):
         if group is None or group.root != node.name or group in emitted:
             continue
         emitted.add(group)
-        kernels.append(_loop_kernel(graph, group, pointer, prefix, capacity, product_in_place(graph, group, keep)))
+        if group in updates:
+            kernels.append(_update_kernel(graph, group, pointer, updates[group], prefix))
+        else:
+            kernels.append(_loop_kernel(graph, group, pointer, prefix, capacity, product_in_place(graph, group, keep)))
     return kernels, pointers
+
+
+def _update_in_gemm(graph, group, keep, capacity):
+    """alpha, when an epilogue group is a single node computing T + alpha * product into T's
+    own buffer (an SGD step: W - lr * dW) and the product's routine can add into T itself,
+    rounding as the loop would: the product (the gradient) is then never stored. Else None."""
+    if not group.head or len(group.nodes) != 1 or group.head in keep:
+        return None
+    root, head = graph[group.root], graph[group.head]
+    scaled_add, adds_scaled = get_op(root.op).scaled_add, get_op(head.op).adds_scaled
+    target = root.attrs.get("writes")
+    if (not scaled_add or not adds_scaled or tuple(root.inputs) != (target, head.name)
+            or target in head.inputs or graph[target].shape != head.shape):
+        return None
+    shapes = [concrete(graph[i].shape, capacity) for i in head.inputs]
+    return scaled_add(root) if adds_scaled(head, shapes) else None
+
+
+def _update_kernel(graph, group, pointer, alpha, prefix):
+    """The GEMM of `group` adding alpha times its product into the buffer the group updates."""
+    head, root = graph[group.head], graph[group.root]
+    target = root.attrs["writes"]
+    name = f"update_{c_name(target)}"
+    return Kernel(name=f"{prefix}_{name}" if prefix else name, nodes=(head.name, root.name),
+                  reads=(*head.inputs, target), writes=(root.name,),
+                  call=get_op(head.op).c_call(KernelCall(head, graph, pointer, alpha=alpha)),
+                  runtime=get_op(root.op).runtime,
+                  comment=f"{target} = {_expression_text(graph, root.name, {head.name})}  "
+                          f"{_shape_text(root.shape)}, the product added by the GEMM")
 
 
 # Identifiers the emitted C uses besides buffer pointers: a node named like one of these

@@ -28,13 +28,15 @@ class Buffer:
     end: int       # last kernel index reading it (len(kernels): after the program)
 
 
-def plan_pinned(graph, capacity, more_state=()):
+def plan_pinned(graph, capacity, more_state=(), grads=True):
     """Params, state (the graph's and `more_state`: (name, node) of other entries' state)
-    and grads at fixed offsets from 0; returns (buffers, end offset)."""
+    and, if `grads`, the params' gradients at fixed offsets from 0; returns (buffers, end
+    offset)."""
     buffers, offset = {}, 0
     nodes = {**dict(more_state), **graph.nodes}
     state = list(graph.state) + [name for name, _ in more_state if name not in graph.state]
-    for kind, names in (("param", graph.params), ("state", state), ("grad", sorted(set(graph.grads.values())))):
+    pinned_grads = sorted(set(graph.grads.values())) if grads else []
+    for kind, names in (("param", graph.params), ("state", state), ("grad", pinned_grads)):
         for name in names:
             size = aligned(numel(nodes[name].shape, capacity))
             buffers[name] = Buffer(name, offset, size, kind, -1, 1 << 60)

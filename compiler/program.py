@@ -77,11 +77,12 @@ def _staging_size(graph, feed, capacity):
 
 
 def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacity: int, fusion=True,
-                 accumulation=None) -> Program:
-    """Lower and plan every entry. `accumulation`: (accumulate, apply) graphs, or None."""
+                 accumulation=None, keep_grads=False) -> Program:
+    """Lower and plan every entry. `accumulation`: (accumulate, apply) graphs, or None;
+    `keep_grads`: pin the params' gradients (else they are temporaries like any other)."""
     accumulate, apply = accumulation or (None, None)
     extra_state = [(s, accumulate[s]) for s in accumulate.state] if accumulate else []
-    pinned, top = plan_pinned(train, capacity, extra_state)
+    pinned, top = plan_pinned(train, capacity, extra_state, keep_grads)
     staging = {}
     for feed in train.inputs:
         staging[feed] = top

@@ -24,7 +24,8 @@ def save(trainer, path):
     payload = {"format": FORMAT, "version": VERSION,
                "model": {"graph": spec.graph, "loss": spec.loss, "outputs": list(spec.outputs),
                          "optimizer": spec.optimizer, "batch_size": spec.batch_size, "seed": spec.seed,
-                         "fusion": spec.fusion, "name": spec.name, "accumulate": spec.accumulate},
+                         "fusion": spec.fusion, "name": spec.name, "accumulate": spec.accumulate,
+                         "keep_grads": spec.keep_grads},
                "schedule": trainer.schedule, "state": trainer.state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -62,7 +63,8 @@ def load(path):
     model = payload["model"]
     trainer = compile_graph(model["graph"], loss=model["loss"], outputs=model["outputs"],
                             optimizer=model["optimizer"], batch_size=model["batch_size"], seed=model["seed"],
-                            fusion=model["fusion"], name=model["name"], accumulate=model.get("accumulate", False))
+                            fusion=model["fusion"], name=model["name"], accumulate=model.get("accumulate", False),
+                            keep_grads=model.get("keep_grads", False))
     trainer.schedule = payload["schedule"]
     trainer.load_state_dict(payload["state"])
     return trainer

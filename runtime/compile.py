@@ -30,10 +30,11 @@ class CompileSpec:
     fusion: bool
     name: str
     accumulate: bool = False
+    keep_grads: bool = False
 
 
 def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=32, seed=0, *,
-                  fusion=True, accumulate=False, name="model", debug_dir=None):
+                  fusion=True, accumulate=False, keep_grads=False, name="model", debug_dir=None):
     """Compile a training graph to C and return a ready `Trainer`.
 
     graph: nx.DiGraph of ops (see README "The graph").
@@ -43,6 +44,9 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     seed: initial values of params with an `init`, dropout masks, fit's shuffle.
     fusion: fuse elementwise chains. accumulate: also build gradient accumulation
     (`accumulate_gradients` / `apply_gradients`; one extra buffer the size of each param).
+    keep_grads: keep every param's gradient of the last step in `trainer.grads` (else they
+    are temporaries, and an SGD step W -= lr * X^T dY is added by the GEMM itself, the
+    gradient never stored; the same numbers either way).
     debug_dir: write every stage's graph and the C source there.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -54,7 +58,7 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     evaluate_graph = build_eval_graph(graph, evaluation_outputs(train), train.loss)
     accumulation = build_accumulation_graphs(graph, loss, outputs, optimizer) if accumulate else None
     program = pipeline.run("lower + memory plan", make_program, train, eval_graph, evaluate_graph, batch_size,
-                           fusion, accumulation)
+                           fusion, accumulation, keep_grads)
     fingerprint = pipeline.run("fingerprint", program_fingerprint, program)
     result = build(fingerprint, lambda: pipeline.run("emit C", emit, program, name), name)
     compiled = result.seconds - pipeline.timings.get("emit C", 0.0)
@@ -64,7 +68,8 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     pipeline.timings["dlopen"] = time.perf_counter() - start
     report = make_report(name, program, pipeline.timings)
     report.cache_hit, report.cache_key, report.library = result.cache_hit, result.key, str(result.library)
-    spec = CompileSpec(graph, loss, tuple(train.outputs), optimizer, batch_size, seed, fusion, name, accumulate)
+    spec = CompileSpec(graph, loss, tuple(train.outputs), optimizer, batch_size, seed, fusion, name, accumulate,
+                       keep_grads)
     trainer = Trainer(program, ffi, lib, spec=spec, report=report, seed=seed)
     trainer.build = result
     if debug_dir is not None:

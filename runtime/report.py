@@ -62,9 +62,17 @@ def make_report(model, program, timings):
     for node in train:
         if get_op(node.op).kind != SOURCE:
             counters[node.phase][node.op] += 1
-    kernels = [(entry.name, k.name if k.is_loop else k.call.split("(")[0], k.nodes, k.comment)
-               for entry in program.entries for k in entry.kernels]
+    kernels = [(entry.name, _kernel_label(k), k.nodes, k.comment) for entry in program.entries for k in entry.kernels]
     return Report(model=model, forward_ops=counters["forward"], backward_ops=counters["backward"],
                   update_ops=counters["update"], kernels=kernels, arena_bytes=4 * program.arena_floats,
                   naive_bytes=4 * program.naive_floats(), bytes_by_kind=program.bytes_by_kind(),
                   timings=dict(timings))
+
+
+def _kernel_label(kernel):
+    """A loop kernel's name; a routine call's C function, after the kernel's name when the
+    call does more than its own node (a GEMM adding an SGD step into the weights)."""
+    if kernel.is_loop:
+        return kernel.name
+    routine = kernel.call.split("(")[0]
+    return routine if len(kernel.nodes) == 1 else f"{kernel.name} ({routine})"

@@ -49,9 +49,18 @@ class Trainer:
         self._step_args = ArgumentCache(train.feeds)
         self.params = {p: self._view(p) for p in train.graph.params}
         self.buffers = {s: self._view(s) for s in train.graph.state}
-        self.grads = {p: self._view(g) for p, g in train.graph.grads.items()}
+        self._grads = {p: self._view(g) for p, g in train.graph.grads.items()} if spec.keep_grads else None
         for name in (*self.params, *self.buffers):
             self._view(name)[...] = initial_value(train.graph[name], seed)
+
+    @property
+    def grads(self) -> dict:
+        """Views of each param's gradient from the last step (needs keep_grads=True)."""
+        if self._grads is None:
+            raise RuntimeError("gradients are not kept: compile with nncc.compile(..., keep_grads=True) to read "
+                               "trainer.grads (without it they are temporaries, and an SGD step adds lr * "
+                               "gradient into the weights inside the GEMM, never storing it)")
+        return self._grads
 
     def _view(self, name):
         buf = self.program.train.buffers[name]

@@ -122,7 +122,8 @@ def test_dropout_masks_are_identical_to_the_reference():
     w = b.param("W", (64, 50), init="ones")
     t = b.param("target", (64, 50), init="zeros")
     b.mse_loss(b.dropout(w, p=0.3, name="drop"), t, name="loss", reduction="sum")
-    trainer = nncc.compile(b.graph, outputs=[], optimizer=nncc.SGD(lr=0.0), batch_size=1, seed=11)
+    trainer = nncc.compile(b.graph, outputs=[], optimizer=nncc.SGD(lr=0.0), batch_size=1, seed=11,
+                           keep_grads=True)
     ref = nncc.testing.reference_for(trainer)
     for step in range(3):
         want = ref.gradients()["W"] != 0

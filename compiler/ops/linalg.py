@@ -38,12 +38,24 @@ def _matmul_grad(b, node, gy):
             b.op("matmul", gy, a, trans_a=True, trans_b=True)]
 
 
+# nncc_sgemm_update rounds C + alpha * product as an SGD step applied to the stored gradient
+# would while K fits one K block of the GEMM: NNCC_GEMM_KC in kernels/gemm.c.j2 (a test
+# checks that they agree).
+GEMM_K_BLOCK = 512
+
+
+def _inner(node, shapes):
+    return shapes[0][0] if node.attrs["trans_a"] else shapes[0][1]
+
+
 def _matmul_call(k):
     (a, b), (sa, sb) = k.args, k.in_shapes
     m, n = k.dims(k.out_shape)
     inner = k.dims(sa)[0] if k.attrs["trans_a"] else k.dims(sa)[1]
     operands = (f"{int(k.attrs['trans_a'])}, {int(k.attrs['trans_b'])}, {m}, {n}, {inner}, "
                 f"{a}, {k.dims(sa)[1]}, {b}, {k.dims(sb)[1]}")
+    if k.alpha:
+        return f"nncc_sgemm_update({operands}, {k.alpha}, {k.out}, {n})"
     if k.epilogue:
         return f"nncc_sgemm_epilogue({operands}, {k.out}, {n}, {k.epilogue}, &epilogue)"
     return f"nncc_sgemm({operands}, 0.0f, {k.out}, {n})"
@@ -64,6 +76,7 @@ register(OpDef(
     shape=_matmul_shape,
     reference=lambda ctx, node, a, b: _mat(a, node.attrs["trans_a"]) @ _mat(b, node.attrs["trans_b"]),
     grad=_matmul_grad, c_call=_matmul_call, library="gemm", samples=_matmul_samples, takes_epilogue=True,
+    adds_scaled=lambda node, shapes: _inner(node, shapes) <= GEMM_K_BLOCK,
     doc="a @ b for 2-D operands; a weight is (in, out). trans_a/trans_b transpose an operand.",
 ))
 

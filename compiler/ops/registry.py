@@ -48,6 +48,13 @@ class OpDef:
     c_call: Callable | None = None
     library: str | tuple | None = None
     takes_epilogue: bool = False  # a KERNEL whose routine can run a fused loop on its output blocks
+    # ELEMENTWISE: node -> a C expression alpha when the node computes inputs[0] + alpha *
+    # inputs[1], the product and the sum each rounded to float32 (as its c_expr), else None.
+    scaled_add: Callable | None = None
+    # KERNEL: (node, input shapes at the batch capacity) -> whether its routine can add
+    # alpha times its result into the output buffer, each element rounded once, exactly as
+    # storing the result and then applying a `scaled_add` (c_call then sees ctx.alpha).
+    adds_scaled: Callable | None = None
     int_inputs: tuple = ()  # input slots that take int32 (class labels); the rest take float32
     # The C routine returns 0, or 1 + the row of a bad value (labels out of range);
     # failure(graph, node, row, feeds) builds the exception the user sees.

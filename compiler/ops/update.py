@@ -22,6 +22,7 @@ register(OpDef(
     reference=lambda ctx, node, p, g: p - ctx.lr * (g + node.attrs["weight_decay"] * p),
     c_expr=lambda node: ("{0} - lr * ({1} + {weight_decay} * {0})" if node.attrs["weight_decay"]
                          else "{0} - lr * {1}"),
+    scaled_add=lambda node: None if node.attrs["weight_decay"] else "-lr",
     samples=lambda rng: [([rng.normal(size=(4, 3)), rng.normal(size=(4, 3))], {"weight_decay": wd})
                          for wd in (0.0, 0.1)],
     doc="p - lr * (g + weight_decay * p): plain SGD on param p with gradient g.",
