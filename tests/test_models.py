@@ -406,3 +406,19 @@ def test_step_reuses_arguments_only_for_unconverted_arrays():
     first = trainer.step(x=x32, t=ts)
     x32[...] = 2.0
     assert trainer.step(x=x32, t=ts) != first
+
+
+@pytest.mark.parametrize("rows,classes", [(3, 2100), (600, 5)], ids=["wider than a block", "many blocks"])
+def test_cross_entropy_over_many_classes_or_rows_matches_the_reference(rows, classes):
+    """The loss exponentiates whole blocks of rows at a time (2048 floats on the stack), or a
+    row wider than that in chunks: both follow the reference, loss and gradient."""
+    b = nncc.GraphBuilder()
+    x = b.input("x", (None, classes))
+    y = b.input("y", (None,), dtype="int32")
+    bias = b.param("bias", (classes,), init="zeros")
+    b.softmax_cross_entropy(b.add(x, bias, name="logits"), y, name="loss")
+    trainer = nncc.compile(b.graph, optimizer=nncc.SGD(lr=0.5), batch_size=rows)
+    rng = np.random.default_rng(rows)
+    feeds = {"x": rng.normal(size=(rows, classes)).astype(np.float32) * 3,
+             "y": rng.integers(0, classes, size=rows).astype(np.int32)}
+    nncc.testing.assert_matches_reference(trainer, feeds, steps=2)
