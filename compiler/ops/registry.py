@@ -52,8 +52,8 @@ class OpDef:
     # inputs[1], the product and the sum each rounded to float32 (as its c_expr), else None.
     scaled_add: Callable | None = None
     # KERNEL: (node, input shapes at the batch capacity) -> whether its routine can add
-    # alpha times its result into the output buffer, each element rounded once, exactly as
-    # storing the result and then applying a `scaled_add` (c_call then sees ctx.alpha).
+    # alpha times its result into the output buffer, rounding each element exactly as
+    # storing the result and then applying a `scaled_add` would (c_call sees ctx.alpha).
     adds_scaled: Callable | None = None
     int_inputs: tuple = ()  # input slots that take int32 (class labels); the rest take float32
     # The C routine returns 0, or 1 + the row of a bad value (labels out of range);
