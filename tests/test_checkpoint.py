@@ -91,3 +91,16 @@ def test_restoring_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
         np.testing.assert_array_equal(value, before[name])
     same = nncc.compile(mlp(), optimizer=OPTIMIZER, batch_size=ROWS)
     same.restore(tmp_path / "a.nncc")
+
+
+def test_a_checkpoint_keeps_the_compile_options(tmp_path):
+    """nncc.load rebuilds with the options the model was compiled with (keep_grads here)."""
+    trainer = nncc.compile(mlp(), optimizer=nncc.SGD(lr=0.1), batch_size=ROWS, keep_grads=True)
+    trainer.step(**FEEDS)
+    trainer.save(tmp_path / "ckpt.nncc")
+    loaded = nncc.load(tmp_path / "ckpt.nncc")
+    assert loaded.spec.keep_grads
+    loaded.step(**FEEDS)
+    trainer.step(**FEEDS)
+    for name, grad in trainer.grads.items():
+        np.testing.assert_array_equal(loaded.grads[name], grad, err_msg=name)
