@@ -209,10 +209,11 @@ def cpu_flags():
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or
                     not {"avx2", "fma"} <= set(cpu_flags()), reason="needs an x86-64 CPU with AVX2")
-@pytest.mark.parametrize("march", ["-march=x86-64-v3", "-march=x86-64"])
+@pytest.mark.parametrize("march", ["-march=x86-64-v3", "-march=x86-64", "-mfma"])
 @pytest.mark.parametrize("split", [False, True])
 def test_other_isa_paths(tmp_path, march, split):
-    # The AVX2 and the portable (SSE2 / vector extension) code paths.
+    # The AVX2 and the portable (SSE2 / vector extension) code paths; -mfma: the portable
+    # path with a fast fmaf (__FP_FAST_FMAF), as on AArch64.
     gemm = build(tmp_path, march, split)
     rng = np.random.default_rng(5)
     for ta, tb in TRANS:
