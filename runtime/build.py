@@ -28,8 +28,11 @@ from nncc.compiler.errors import BuildError
 # -ffp-contract=off: every expression is rounded as written, as the NumPy reference rounds
 # it (GCC's default fuses a * b + c where its passes happen to find one, so the same
 # update could round once in one kernel and twice in another); the GEMM and vmath write
-# their fused multiply-adds explicitly.
+# their fused multiply-adds explicitly. -Werror=implicit-function-declaration: a routine
+# that no included library declares fails the build here, as it does by default on GCC 14,
+# instead of being a warning nobody reads.
 COMPILE_FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fPIC", "-fopenmp", "-fno-math-errno", "-ffp-contract=off",
+                 "-Werror=implicit-function-declaration",
                  "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
 LINK_FLAGS = ("-shared", "-fopenmp")
 FLAGS = COMPILE_FLAGS + LINK_FLAGS

@@ -121,14 +121,14 @@ register(OpDef(
     shape=_xent_shape, int_inputs=(1,), reference=_xent_reference,
     grad=lambda b, node, gy: [b.op("softmax_cross_entropy_grad", *node.inputs, gy,
                                    reduction=node.attrs["reduction"]), None],
-    c_call=_xent_call, library=("softmax", "losses"), failure=_bad_label, samples=_xent_samples,
+    c_call=_xent_call, library=("softmax", "cross_entropy"), failure=_bad_label, samples=_xent_samples,
     doc="cross-entropy of softmax(logits) against int32 class ids, as torch.nn.CrossEntropyLoss.",
 ))
 
 register(OpDef(
     name="softmax_cross_entropy_grad", arity=3, kind=KERNEL, attrs={"reduction": "mean"},
     shape=_xent_shape, int_inputs=(1,), reference=_xent_grad_reference,
-    c_call=_xent_grad_call, library=("softmax", "losses"), failure=_bad_label,
+    c_call=_xent_grad_call, library=("softmax", "cross_entropy"), failure=_bad_label,
     samples=lambda rng: [(case[0] + [rng.normal(size=())], case[1]) for case in _xent_samples(rng)],
     doc="(softmax(logits) - onehot(labels)) * gy, divided by the rows for mean.",
 ))
