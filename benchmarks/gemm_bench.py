@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark nncc's float32 GEMM kernel (templates/kernels/gemm.c.j2) against
+"""Benchmark nncc's float32 GEMM kernel (templates/kernels/gemm*.c.j2) against
 numpy's matmul in the same process.
 
 The kernel is built as nncc builds it for every model (runtime/build.py: its
@@ -32,8 +32,6 @@ import time
 import cffi
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-KERNEL = ROOT / "templates" / "kernels" / "gemm.c.j2"
 
 CDEF = """
 void bench_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
@@ -98,7 +96,7 @@ SHAPE_SETS = {"default": SHAPES, "w1": W1_SHAPES, "w2": W2_SHAPES}
 
 
 def build(workdir):
-    from nncc.runtime.build import COMPILE_FLAGS, GEMM_PARTS, LINK_FLAGS, compiler_command, gemm_source
+    from nncc.runtime.build import COMPILE_FLAGS, GEMM_PARTS, LINK_FLAGS, compiler_command, gemm_source, gemm_text
 
     workdir = pathlib.Path(workdir)
     cc = compiler_command()
@@ -110,7 +108,7 @@ def build(workdir):
                        check=True)
     src = workdir / "gemm_bench.c"
     lib = workdir / "libgemm_bench.so"
-    src.write_text(WRAPPER % KERNEL.read_text())  # the GEMM's declarations only
+    src.write_text(WRAPPER % gemm_text())  # the GEMM's declarations only
     subprocess.run([*cc, *COMPILE_FLAGS, *LINK_FLAGS, str(src), *map(str, objects), "-o", str(lib)],
                    check=True)
     ffi = cffi.FFI()

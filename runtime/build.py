@@ -36,7 +36,9 @@ COMPILE_FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fPIC", "-fopenmp", "-fn
                  "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
 LINK_FLAGS = ("-shared", "-fopenmp")
 FLAGS = COMPILE_FLAGS + LINK_FLAGS
-GEMM_SOURCE = Path(__file__).resolve().parent.parent / "templates" / "kernels" / "gemm.c.j2"
+# The GEMM's files, in the order they are put together (see gemm.c.j2).
+GEMM_FILES = tuple(Path(__file__).resolve().parent.parent / "templates" / "kernels" / name
+                   for name in ("gemm.c.j2", "gemm_pack.c.j2", "gemm_driver.c.j2"))
 GEMM_PRELUDE = """/* The GEMM of nncc's generated modules, compiled once per machine (runtime/build.py). */
 #include <math.h>
 #include <stddef.h>
@@ -197,9 +199,14 @@ def _compile_library(work: Path, name: str, source: str):
         raise BuildError(f"internal error: linking failed (please report):\n{proc.stderr[:2000]}")
 
 
+def gemm_text() -> str:
+    """The GEMM's C, its files put together (declarations first)."""
+    return "".join(path.read_text() for path in GEMM_FILES)
+
+
 def gemm_source(part: int) -> str:
     """The C of one part of the GEMM (one of GEMM_PARTS), as compiled for every model."""
-    return f"{GEMM_PRELUDE}#define NNCC_GEMM_PART {part}\n{GEMM_SOURCE.read_text()}"
+    return f"{GEMM_PRELUDE}#define NNCC_GEMM_PART {part}\n{gemm_text()}"
 
 
 def _gemm_object_paths() -> dict:
@@ -207,7 +214,7 @@ def _gemm_object_paths() -> dict:
     cc = tuple(compiler_command())
     h = hashlib.sha256()
     system = os.uname()
-    for field in (GEMM_SOURCE.read_text(), GEMM_PRELUDE, " ".join(cc), " ".join(COMPILE_FLAGS),
+    for field in (gemm_text(), GEMM_PRELUDE, " ".join(cc), " ".join(COMPILE_FLAGS),
                   toolchain_identity(cc), system.sysname, system.release, system.machine):
         h.update(field.encode())
         h.update(b"\0")

@@ -1,4 +1,4 @@
-"""Tests for the float32 GEMM kernel templates/kernels/gemm.c.j2 (nncc_sgemm).
+"""Tests for the float32 GEMM (nncc_sgemm: templates/kernels/gemm*.c.j2).
 
 The kernel is pasted into a small C file with exported wrappers, built with the
 flags used for generated modules, and called through cffi (ABI mode); or, as nncc
@@ -6,7 +6,6 @@ builds it, compiled in parts (runtime/build.py) that the wrappers link against.
 """
 import ctypes
 import os
-import pathlib
 import platform
 import subprocess
 import threading
@@ -14,9 +13,10 @@ import threading
 import numpy as np
 import pytest
 
+from nncc.runtime.build import gemm_text
+
 cffi = pytest.importorskip("cffi")
 
-KERNEL = pathlib.Path(__file__).resolve().parents[1] / "templates" / "kernels" / "gemm.c.j2"
 
 WRAPPER = """
 #include <stdint.h>
@@ -80,7 +80,7 @@ int t_get_threads(void);
 def build(d, march="-march=native", split=False):
     """The kernel in one translation unit with the wrappers, or (split) in the parts that
     runtime/build.py compiles for every model, the wrappers seeing only its declarations."""
-    text = KERNEL.read_text()
+    text = gemm_text()
     assert "{{" not in text and "{%" not in text and "{#" not in text
     flags = ["-O3", march, "-std=gnu99", "-fPIC", "-fopenmp", "-ffp-contract=off", "-Wall", "-Werror"]
     objects = []
@@ -436,4 +436,4 @@ def test_the_compiler_knows_the_gemm_k_block():
 
     from nncc.compiler.ops.linalg import GEMM_K_BLOCK
 
-    assert re.search(r"#define NNCC_GEMM_KC (\d+)", KERNEL.read_text()).group(1) == str(GEMM_K_BLOCK)
+    assert re.search(r"#define NNCC_GEMM_KC (\d+)", gemm_text()).group(1) == str(GEMM_K_BLOCK)

@@ -39,7 +39,7 @@ def _matmul_grad(b, node, gy):
 
 
 # nncc_sgemm_update rounds C + alpha * product as an SGD step applied to the stored gradient
-# would while K fits one K block of the GEMM: NNCC_GEMM_KC in kernels/gemm.c.j2 (a test
+# would while K fits one K block of the GEMM: NNCC_GEMM_KC in templates/kernels/gemm.c.j2 (a test
 # checks that they agree).
 GEMM_K_BLOCK = 512
 
