@@ -1,11 +1,15 @@
 """The emitted C stands on its own: one file and its header build into a plain C program."""
+import importlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import nncc
+from nncc.runtime.build import COMPILE_FLAGS
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 import classifier  # noqa: E402
@@ -55,3 +59,21 @@ def test_kernels_are_named_after_nodes_with_shape_comments():
     assert "static void fwd_h(" in src and "/* h = relu(add(matmul(x, fc1.W), fc1.b))  [n, 128] */" in src
     assert "float *const fc1_W = arena + 0;  /* param fc1.W [784, 128] */" in src
     assert "-ffast-math" not in " ".join(nncc.runtime.build.FLAGS)
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+@pytest.mark.parametrize("example", ["classifier", "regression", "norm_dropout"])
+def test_the_emitted_c_compiles_without_a_warning(tmp_path, compiler, example):
+    """With nncc's flags and -Werror, the GEMM included (one translation unit): a routine some
+    library calls but no included library declares, or anything else a compiler warns about,
+    fails here. Every compiler found on the machine (clang is how macOS users build)."""
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} is not installed")
+    module = importlib.import_module(example)
+    trainer = nncc.compile(module.model(), outputs=module.outputs, optimizer=module.optimizer,
+                           batch_size=module.batch_size, name=example)
+    (tmp_path / f"{example}.c").write_text(trainer.source)
+    (tmp_path / f"{example}.h").write_text(trainer.header)
+    proc = subprocess.run([compiler, *COMPILE_FLAGS, "-Werror", "-c", f"{example}.c", "-o", f"{example}.o"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[:3000]
