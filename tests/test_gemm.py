@@ -7,6 +7,7 @@ builds it, compiled in parts (runtime/build.py) that the wrappers link against.
 import ctypes
 import os
 import platform
+import shutil
 import subprocess
 import threading
 
@@ -77,12 +78,14 @@ int t_get_threads(void);
 """
 
 
-def build(d, march="-march=native", split=False):
+def build(d, march="-march=native", split=False, compiler="gcc"):
     """The kernel in one translation unit with the wrappers, or (split) in the parts that
     runtime/build.py compiles for every model, the wrappers seeing only its declarations."""
     text = gemm_text()
     assert "{{" not in text and "{%" not in text and "{#" not in text
-    flags = ["-O3", march, "-std=gnu99", "-fPIC", "-fopenmp", "-ffp-contract=off", "-Wall", "-Werror"]
+    # -Wno-unused-function as in nncc's own builds: clang warns about unused static inline helpers
+    flags = ["-O3", march, "-std=gnu99", "-fPIC", "-fopenmp", "-ffp-contract=off", "-Wall", "-Werror",
+             "-Wno-unused-function"]
     objects = []
     if split:
         from nncc.runtime.build import GEMM_PARTS, gemm_source
@@ -90,10 +93,10 @@ def build(d, march="-march=native", split=False):
         for part in GEMM_PARTS:
             (d / f"gemm{part}.c").write_text(gemm_source(part))
             objects.append(str(d / f"gemm{part}.o"))
-            subprocess.run(["gcc", *flags, "-c", str(d / f"gemm{part}.c"), "-o", objects[-1]], check=True)
+            subprocess.run([compiler, *flags, "-c", str(d / f"gemm{part}.c"), "-o", objects[-1]], check=True)
         text = '#define NNCC_GEMM_LINKAGE __attribute__((visibility("hidden")))\n#define NNCC_COMPILE_GEMM 0\n' + text
     (d / "g.c").write_text(WRAPPER % text)
-    subprocess.run(["gcc", *flags, "-shared", str(d / "g.c"), *objects, "-o", str(d / "g.so")], check=True)
+    subprocess.run([compiler, *flags, "-shared", str(d / "g.c"), *objects, "-o", str(d / "g.so")], check=True)
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     lib = ffi.dlopen(str(d / "g.so"))
@@ -385,6 +388,27 @@ def test_split_build_matches_one_translation_unit_bitwise(gemm, gemm_split, ta, 
                 call(build_, ta, tb, a, a.shape[1], b, b.shape[1], beta, c, N, M, N, K)
                 outs.append(c.view(np.uint32))
             assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb, beta)
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
+def test_clang_build_matches_gcc_bitwise(tmp_path, gemm):
+    """Built by clang, as nncc builds it (in parts, -Werror), the GEMM computes GCC's bits:
+    every path and transposition (the arithmetic is written out in intrinsics)."""
+    clang = build(tmp_path, split=True, compiler="clang")
+    rng = np.random.default_rng(6000)
+    for ta, tb in TRANS:
+        for M, N, K in [(32, 64, 1), (64, 1, 32), (9, 70, 130), (100, 12, 200), (64, 128, 784),
+                        (784, 128, 64), (333, 517, 600), (1030, 40, 300)]:
+            a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+            b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+            c0 = rng.standard_normal((M, N), dtype=np.float32)
+            for beta in (0.0, 1.0):
+                outs = []
+                for build_ in (gemm, clang):
+                    c = c0.copy()
+                    call(build_, ta, tb, a, a.shape[1], b, b.shape[1], beta, c, N, M, N, K)
+                    outs.append(c.view(np.uint32))
+                assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb, beta)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
