@@ -77,3 +77,22 @@ def test_the_emitted_c_compiles_without_a_warning(tmp_path, compiler, example):
     proc = subprocess.run([compiler, *COMPILE_FLAGS, "-Werror", "-c", f"{example}.c", "-o", f"{example}.o"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[:3000]
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
+@pytest.mark.parametrize("example", ["regression", "norm_dropout"])
+def test_gcc_and_clang_builds_train_to_the_same_bits(monkeypatch, example):
+    """Every expression rounds as written (-ffp-contract=off, explicit FMAs, no reassociation),
+    so the compiler that builds the module does not change a bit of training."""
+    module = importlib.import_module(example)
+    feeds, n = module.data(), module.batch_size
+    states = []
+    for compiler in ("gcc", "clang"):
+        monkeypatch.setenv("CC", compiler)
+        trainer = nncc.compile(module.model(), outputs=module.outputs, optimizer=module.optimizer,
+                               batch_size=n, seed=3)
+        for k in range(3):
+            trainer.step(**{name: value[k * n:(k + 1) * n] for name, value in feeds.items()})
+        states.append({name: value.copy() for name, value in {**trainer.params, **trainer.buffers}.items()})
+    for name in states[0]:
+        assert np.array_equal(states[0][name].view(np.uint32), states[1][name].view(np.uint32)), name
