@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,43 @@ def cache_dir() -> Path:
 
 def compiler_command():
     return shlex.split(os.environ.get("CC", "cc"))
+
+
+OPENMP_FLAG = "-fopenmp"
+
+
+@functools.lru_cache(maxsize=None)
+def openmp_supported(cc: tuple) -> bool:
+    """Whether `cc` compiles and links OpenMP code (Apple's clang, for one, does not without
+    libomp installed). Asked only when something is compiled (a cache hit runs nothing),
+    and once per toolchain: the answer is kept in the cache directory."""
+    answer = cache_dir() / "toolchains" / (hashlib.sha256(toolchain_identity(cc).encode()).hexdigest() + ".openmp")
+    if answer.exists():
+        supported = answer.read_text().strip() == "yes"
+    else:
+        with tempfile.TemporaryDirectory(prefix="nncc-openmp-") as d:
+            (Path(d) / "probe.c").write_text("#include <omp.h>\nint nncc_probe(void) { return omp_get_max_threads(); }\n")
+            supported = subprocess.run([*cc, OPENMP_FLAG, "-shared", "-fPIC", "probe.c", "-o", "probe.so"], cwd=d,
+                                       capture_output=True).returncode == 0
+        answer.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".openmp-", dir=answer.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write("yes" if supported else "no")
+        os.replace(tmp, answer)  # atomic, as every cache entry
+    if not supported:
+        warnings.warn(f"nncc: {' '.join(cc)} cannot build OpenMP code ({OPENMP_FLAG}); the compiled "
+                      f"kernels will run on one thread. Install the compiler's OpenMP runtime (libomp "
+                      f"for clang) or use GCC to use every core.", RuntimeWarning, stacklevel=2)
+    return supported
+
+
+def toolchain_flags(cc: tuple, flags) -> list:
+    """`flags` as `cc` can take them: without OpenMP where it has none (every OpenMP use in
+    the C is a pragma, or guarded by _OPENMP: the kernels then simply run on one thread,
+    with the same results), and then without warnings about the pragmas it ignores."""
+    if openmp_supported(cc):
+        return list(flags)
+    return [f for f in flags if f != OPENMP_FLAG] + ["-Wno-unknown-pragmas"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,11 +210,12 @@ def _compile_library(work: Path, name: str, source: str):
     toolchain."""
     cc = compiler_command()
     gemm = _gemm_object_paths()
-    jobs = {"model": [*cc, *COMPILE_FLAGS, "-DNNCC_EXTERNAL_GEMM", "-c", f"{name}.c", "-o", "model.o"]}
+    compile_flags = toolchain_flags(tuple(cc), COMPILE_FLAGS)
+    jobs = {"model": [*cc, *compile_flags, "-DNNCC_EXTERNAL_GEMM", "-c", f"{name}.c", "-o", "model.o"]}
     for part, obj in gemm.items():
         if not obj.exists():
             (work / f"gemm{part}.c").write_text(gemm_source(part))
-            jobs[part] = [*cc, *COMPILE_FLAGS, "-c", f"gemm{part}.c", "-o", f"gemm{part}.o"]
+            jobs[part] = [*cc, *compile_flags, "-c", f"gemm{part}.c", "-o", f"gemm{part}.o"]
     procs = {k: subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, cmd in jobs.items()}
     FFI()  # the first one imports cffi's C parser (~20 ms, for _write_ffi_module): now, while gcc runs
@@ -193,7 +232,7 @@ def _compile_library(work: Path, name: str, source: str):
             os.close(fd)
             shutil.copyfile(work / f"gemm{part}.o", tmp)
             os.replace(tmp, obj)  # atomic: a concurrent builder sees the old or the new, both whole
-    link = [*cc, *LINK_FLAGS, "-o", LIBRARY, "model.o", *map(str, gemm.values()), "-lm"]
+    link = [*cc, *toolchain_flags(tuple(cc), LINK_FLAGS), "-o", LIBRARY, "model.o", *map(str, gemm.values()), "-lm"]
     proc = subprocess.run(link, cwd=work, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"internal error: linking failed (please report):\n{proc.stderr[:2000]}")

@@ -113,3 +113,37 @@ def test_compiler_failure_names_the_kernel(monkeypatch, tmp_path):
 
     with pytest.raises(BuildError, match=r"(?s)line 5.*fwd_h1.*relu\(add\(mm0, b0\)\)"):
         build("a program fingerprint", lambda: CSource(source, "", ""), "broken")
+
+
+def test_a_compiler_without_openmp_still_builds_every_model(monkeypatch, tmp_path):
+    """A compiler that cannot build OpenMP code (Apple's clang without libomp) builds the
+    model without -fopenmp, says so once, and trains to the bits of the threaded build."""
+    import warnings
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import classifier
+    import nncc
+
+    fake = tmp_path / "cc-without-openmp"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do\n  [ "$a" = -fopenmp ] && { echo "cc: unsupported option '
+                    '-fopenmp" >&2; exit 1; }\ndone\nexec gcc "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("NNCC_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 64).astype(np.int32)
+    states = []
+    for cc in ("gcc", str(fake)):
+        monkeypatch.setenv("CC", cc)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = nncc.compile(classifier.model(), batch_size=64, seed=1)
+        said = [w for w in caught if "cannot build OpenMP code" in str(w.message)]
+        assert len(said) == (cc != "gcc")
+        for _ in range(3):
+            trainer.step(x=x, y=y)
+        states.append({k: v.copy() for k, v in trainer.params.items()})
+    for name in states[0]:
+        assert np.array_equal(states[0][name].view(np.uint32), states[1][name].view(np.uint32)), name
