@@ -20,7 +20,6 @@ Afterwards the script checks that results are bitwise identical with 1 and 2
 OpenMP threads (exit status 1 if not).
 """
 import argparse
-import ctypes
 import os
 import pathlib
 import resource
@@ -96,37 +95,27 @@ SHAPE_SETS = {"default": SHAPES, "w1": W1_SHAPES, "w2": W2_SHAPES}
 
 
 def build(workdir):
-    from nncc.runtime.build import COMPILE_FLAGS, GEMM_PARTS, LINK_FLAGS, compiler_command, gemm_source, gemm_text
+    from nncc.runtime.build import (COMPILE_FLAGS, GEMM_PARTS, LINK_FLAGS, compiler_command, gemm_source, gemm_text,
+                                    pin_openmp_runtime, toolchain_flags)
 
     workdir = pathlib.Path(workdir)
     cc = compiler_command()
+    compile_flags, link_flags = toolchain_flags(tuple(cc), COMPILE_FLAGS), toolchain_flags(tuple(cc), LINK_FLAGS)
     objects = []
     for part in GEMM_PARTS:
         (workdir / f"gemm{part}.c").write_text(gemm_source(part))
         objects.append(workdir / f"gemm{part}.o")
-        subprocess.run([*cc, *COMPILE_FLAGS, "-c", str(workdir / f"gemm{part}.c"), "-o", str(objects[-1])],
+        subprocess.run([*cc, *compile_flags, "-c", str(workdir / f"gemm{part}.c"), "-o", str(objects[-1])],
                        check=True)
     src = workdir / "gemm_bench.c"
     lib = workdir / "libgemm_bench.so"
     src.write_text(WRAPPER % gemm_text())  # the GEMM's declarations only
-    subprocess.run([*cc, *COMPILE_FLAGS, *LINK_FLAGS, str(src), *map(str, objects), "-o", str(lib)],
-                   check=True)
+    subprocess.run([*cc, *compile_flags, *link_flags, str(src), *map(str, objects), "-o", str(lib)], check=True)
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     handle = ffi.dlopen(str(lib))
-    pin_libgomp()
+    pin_openmp_runtime()
     return ffi, handle
-
-
-def pin_libgomp():
-    """Keep libgomp loaded until the process ends.  cffi dlclose()s the module
-    when its lib object is collected at interpreter exit; that unloads libgomp
-    too while its idle worker threads still run in it, and the process
-    segfaults on exit."""
-    try:
-        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOW | os.RTLD_NOLOAD | os.RTLD_NODELETE)
-    except (OSError, AttributeError):
-        pass
 
 
 def operands(M, N, K, trans, rng):

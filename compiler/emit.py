@@ -17,6 +17,9 @@ from .program import Entry, Program, row_size
 from .random import SHUFFLE_KEY
 
 PRELUDE_LIBRARIES = ("vmath", "schedule", "random")  # always included: expressions call into them
+# The GEMM's files in templates/kernels, in the order they are put together (declarations
+# first): every module includes them, and runtime/build.py compiles them on their own.
+GEMM_TEMPLATES = ("gemm.c.j2", "gemm_pack.c.j2", "gemm_driver.c.j2")
 
 # Run-time scalars expressions may read: C type, how an entry computes it, what it is.
 RUNTIME_SCALARS = {
@@ -145,6 +148,7 @@ def emit(program: Program, model_name="model") -> CSource:
         "capacity": program.capacity,
         "arena_floats": program.arena_floats,
         "libraries": libraries,
+        "gemm_templates": GEMM_TEMPLATES,
         "loop_kernels": loops,
         "train": _entry_view(program.train, program),
         "eval": _entry_view(program.eval, program),

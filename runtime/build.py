@@ -1,8 +1,9 @@
 """Build the emitted C into a shared library, through a content-addressed cache.
 
 The key hashes everything that shapes the library: the C source and header, the compiler's
-identity and flags, the CPU (we build with -march=native), the platform and the nncc
-version. A hit never runs the compiler. Entries are built in a private temporary directory
+identity and the flags it takes (OpenMP or not), the CPU (we build with -march=native), the
+platform and the nncc version. A hit never runs the compiler (one exception: a compiler that
+had no OpenMP is asked again, once per process, whether it has it now). Entries are built in a private temporary directory
 and published with an atomic rename, so concurrent builders of the same model never see a
 half-written entry and never delete one another's.
 """
@@ -18,12 +19,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from cffi import FFI
 
+from nncc.compiler.emit import GEMM_TEMPLATES
 from nncc.compiler.errors import BuildError
 
 # -ffp-contract=off: every expression is rounded as written, as the NumPy reference rounds
@@ -32,14 +33,13 @@ from nncc.compiler.errors import BuildError
 # their fused multiply-adds explicitly. -Werror=implicit-function-declaration: a routine
 # that no included library declares fails the build here, as it does by default on GCC 14,
 # instead of being a warning nobody reads.
-COMPILE_FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fPIC", "-fopenmp", "-fno-math-errno", "-ffp-contract=off",
+OPENMP_FLAG = "-fopenmp"  # left out where the compiler has no OpenMP (see toolchain_flags)
+COMPILE_FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fPIC", OPENMP_FLAG, "-fno-math-errno", "-ffp-contract=off",
                  "-Werror=implicit-function-declaration",
                  "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
-LINK_FLAGS = ("-shared", "-fopenmp")
+LINK_FLAGS = ("-shared", OPENMP_FLAG)
 FLAGS = COMPILE_FLAGS + LINK_FLAGS
-# The GEMM's files, in the order they are put together (see gemm.c.j2).
-GEMM_FILES = tuple(Path(__file__).resolve().parent.parent / "templates" / "kernels" / name
-                   for name in ("gemm.c.j2", "gemm_pack.c.j2", "gemm_driver.c.j2"))
+GEMM_FILES = tuple(Path(__file__).resolve().parent.parent / "templates" / "kernels" / name for name in GEMM_TEMPLATES)
 GEMM_PRELUDE = """/* The GEMM of nncc's generated modules, compiled once per machine (runtime/build.py). */
 #include <math.h>
 #include <stddef.h>
@@ -70,31 +70,26 @@ def compiler_command():
     return shlex.split(os.environ.get("CC", "cc"))
 
 
-OPENMP_FLAG = "-fopenmp"
-
 
 @functools.lru_cache(maxsize=None)
 def openmp_supported(cc: tuple) -> bool:
-    """Whether `cc` compiles and links OpenMP code (Apple's clang, for one, does not without
-    libomp installed). Asked only when something is compiled (a cache hit runs nothing),
-    and once per toolchain: the answer is kept in the cache directory."""
-    answer = cache_dir() / "toolchains" / (hashlib.sha256(toolchain_identity(cc).encode()).hexdigest() + ".openmp")
+    """Whether the compiler command `cc` compiles and links OpenMP code (Apple's clang, for
+    one, does not without libomp). A yes is kept in the cache directory, so a machine whose
+    compiler has OpenMP starts no process for this again, cache hits included; a no is asked
+    again in each process (once), so installing the runtime takes effect at once."""
+    toolchain = hashlib.sha256(f"{' '.join(cc)}\0{toolchain_identity(cc)}".encode()).hexdigest()
+    answer = cache_dir() / "toolchains" / f"{toolchain}.openmp"
     if answer.exists():
-        supported = answer.read_text().strip() == "yes"
-    else:
-        with tempfile.TemporaryDirectory(prefix="nncc-openmp-") as d:
-            (Path(d) / "probe.c").write_text("#include <omp.h>\nint nncc_probe(void) { return omp_get_max_threads(); }\n")
-            supported = subprocess.run([*cc, OPENMP_FLAG, "-shared", "-fPIC", "probe.c", "-o", "probe.so"], cwd=d,
-                                       capture_output=True).returncode == 0
+        return True
+    with tempfile.TemporaryDirectory(prefix="nncc-openmp-") as d:
+        (Path(d) / "probe.c").write_text("#include <omp.h>\nint nncc_probe(void) { return omp_get_max_threads(); }\n")
+        supported = subprocess.run([*cc, OPENMP_FLAG, "-shared", "-fPIC", "probe.c", "-o", "probe.so"], cwd=d,
+                                   capture_output=True).returncode == 0
+    if supported:
         answer.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".openmp-", dir=answer.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write("yes" if supported else "no")
+        os.close(fd)
         os.replace(tmp, answer)  # atomic, as every cache entry
-    if not supported:
-        warnings.warn(f"nncc: {' '.join(cc)} cannot build OpenMP code ({OPENMP_FLAG}); the compiled "
-                      f"kernels will run on one thread. Install the compiler's OpenMP runtime (libomp "
-                      f"for clang) or use GCC to use every core.", RuntimeWarning, stacklevel=2)
     return supported
 
 
@@ -133,6 +128,7 @@ class BuildResult:
     cache_hit: bool
     seconds: float
     name: str
+    openmp: bool  # built with OpenMP (else its kernels run on one thread)
 
     @property
     def cdef(self) -> str:
@@ -167,7 +163,7 @@ def cache_key(program_fingerprint: str, name: str) -> str:
     cc = tuple(compiler_command())
     h = hashlib.sha256()
     system = os.uname()  # not platform.platform(): that starts `uname -p`
-    for part in (program_fingerprint, code_fingerprint(), name, " ".join(cc), " ".join(FLAGS),
+    for part in (program_fingerprint, code_fingerprint(), name, " ".join(cc), " ".join(toolchain_flags(cc, FLAGS)),
                  toolchain_identity(cc), system.sysname, system.release, system.machine, __version__):
         h.update(part.encode())
         h.update(b"\0")
@@ -179,10 +175,11 @@ def build(program_fingerprint: str, emit, name="model") -> BuildResult:
     and the compiler runs. A hit emits nothing and starts no process."""
     start = time.perf_counter()
     key = cache_key(program_fingerprint, name)
+    openmp = openmp_supported(tuple(compiler_command()))  # known by now: the key depends on it
     final = cache_dir() / key[:2] / key
     library = final / LIBRARY
     if library.exists():
-        return BuildResult(library, final, key, True, time.perf_counter() - start, name)
+        return BuildResult(library, final, key, True, time.perf_counter() - start, name, openmp)
     code = emit()
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
@@ -200,7 +197,7 @@ def build(program_fingerprint: str, emit, name="model") -> BuildResult:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-    return BuildResult(library, final, key, False, time.perf_counter() - start, name)
+    return BuildResult(library, final, key, False, time.perf_counter() - start, name, openmp)
 
 
 def _compile_library(work: Path, name: str, source: str):
@@ -253,7 +250,7 @@ def _gemm_object_paths() -> dict:
     cc = tuple(compiler_command())
     h = hashlib.sha256()
     system = os.uname()
-    for field in (gemm_text(), GEMM_PRELUDE, " ".join(cc), " ".join(COMPILE_FLAGS),
+    for field in (gemm_text(), GEMM_PRELUDE, " ".join(cc), " ".join(toolchain_flags(cc, COMPILE_FLAGS)),
                   toolchain_identity(cc), system.sysname, system.release, system.machine):
         h.update(field.encode())
         h.update(b"\0")
@@ -294,17 +291,23 @@ def load_library(library: Path, cdef: str):
         ffi = FFI()
         ffi.cdef(cdef)
     lib = ffi.dlopen(str(library))
-    _pin_openmp_runtime()
+    pin_openmp_runtime()
     return ffi, lib
 
 
-@functools.lru_cache(maxsize=None)
-def _pin_openmp_runtime():
-    """Keep libgomp loaded for good. cffi dlclose()s libraries at interpreter exit, which
-    would unload libgomp under its still-running idle worker threads: a segfault at exit."""
+# OpenMP runtimes a built library may have loaded: GCC's, LLVM's (clang), Intel's.
+OPENMP_RUNTIMES = ("libgomp.so.1", "libomp.so.5", "libomp.so", "libiomp5.so")
+
+
+def pin_openmp_runtime():
+    """Keep the loaded OpenMP runtime loaded for good. cffi dlclose()s libraries at
+    interpreter exit, which would unload the runtime under its still-running idle worker
+    threads: a segfault at exit. (Run after every load: a clang-built model brings libomp
+    into a process that so far had only libgomp.)"""
     import ctypes
 
-    try:
-        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOW | os.RTLD_NOLOAD | os.RTLD_NODELETE)
-    except OSError:
-        pass  # not loaded (no OpenMP in this build), nothing to pin
+    for runtime in OPENMP_RUNTIMES:
+        try:
+            ctypes.CDLL(runtime, mode=os.RTLD_NOW | os.RTLD_NOLOAD | os.RTLD_NODELETE)
+        except OSError:
+            pass  # not loaded, nothing to pin

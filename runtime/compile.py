@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from nncc.compiler.passes import (Pipeline, build_accumulation_graphs, build_eva
                                   evaluation_outputs)
 from nncc.compiler.program import make_program
 
-from .build import build, load_library
+from .build import build, compiler_command, load_library
 from .report import make_report
 from .trainer import Trainer
 
@@ -68,6 +69,11 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     pipeline.timings["dlopen"] = time.perf_counter() - start
     report = make_report(name, program, pipeline.timings)
     report.cache_hit, report.cache_key, report.library = result.cache_hit, result.key, str(result.library)
+    report.openmp = result.openmp
+    if not result.openmp:
+        warnings.warn(f"nncc: the C compiler ({' '.join(compiler_command())}) cannot build OpenMP code, so "
+                      f"this model's kernels run on one thread. Install its OpenMP runtime (libomp for "
+                      f"clang) or use GCC ($CC) to use every core.", RuntimeWarning, stacklevel=2)
     spec = CompileSpec(graph, loss, tuple(train.outputs), optimizer, batch_size, seed, fusion, name, accumulate,
                        keep_grads)
     trainer = Trainer(program, ffi, lib, spec=spec, report=report, seed=seed)

@@ -21,6 +21,7 @@ class Report:
     cache_hit: bool | None = None
     cache_key: str = ""
     library: str = ""
+    openmp: bool = True           # built with OpenMP; else every kernel runs on one thread
 
     def __str__(self):
         lines = [f"nncc: model {self.model!r}"]
@@ -49,6 +50,8 @@ class Report:
             lines.append(f"    {stage:<20}{seconds * 1000:9.2f} ms")
         if self.cache_hit is not None:
             lines.append(f"  cache            {'hit' if self.cache_hit else 'miss (compiled)'}  {self.library}")
+        if not self.openmp:
+            lines.append("  threads          one: the C compiler has no OpenMP")
         return "\n".join(lines)
 
 

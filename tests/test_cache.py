@@ -117,12 +117,13 @@ def test_compiler_failure_names_the_kernel(monkeypatch, tmp_path):
 
 def test_a_compiler_without_openmp_still_builds_every_model(monkeypatch, tmp_path):
     """A compiler that cannot build OpenMP code (Apple's clang without libomp) builds the
-    model without -fopenmp, says so once, and trains to the bits of the threaded build."""
+    model without -fopenmp, says so (a warning at the caller, a line of the report), and
+    trains to the bits of the threaded build."""
     import warnings
 
     import numpy as np
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "examples"))
     import classifier
     import nncc
 
@@ -142,6 +143,8 @@ def test_a_compiler_without_openmp_still_builds_every_model(monkeypatch, tmp_pat
             trainer = nncc.compile(classifier.model(), batch_size=64, seed=1)
         said = [w for w in caught if "cannot build OpenMP code" in str(w.message)]
         assert len(said) == (cc != "gcc")
+        assert all(w.filename == __file__ for w in said)  # at the caller's nncc.compile, not in nncc
+        assert ("threads          one" in str(trainer.report)) == (cc != "gcc")
         for _ in range(3):
             trainer.step(x=x, y=y)
         states.append({k: v.copy() for k, v in trainer.params.items()})

@@ -4,8 +4,6 @@ The kernel is pasted into a small C file with exported wrappers, built with the
 flags used for generated modules, and called through cffi (ABI mode); or, as nncc
 builds it, compiled in parts (runtime/build.py) that the wrappers link against.
 """
-import ctypes
-import os
 import platform
 import shutil
 import subprocess
@@ -14,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from nncc.runtime.build import gemm_text
+from nncc.runtime.build import COMPILE_FLAGS, gemm_text, pin_openmp_runtime, toolchain_flags
 
 cffi = pytest.importorskip("cffi")
 
@@ -83,9 +81,8 @@ def build(d, march="-march=native", split=False, compiler="gcc"):
     runtime/build.py compiles for every model, the wrappers seeing only its declarations."""
     text = gemm_text()
     assert "{{" not in text and "{%" not in text and "{#" not in text
-    # -Wno-unused-function as in nncc's own builds: clang warns about unused static inline helpers
-    flags = ["-O3", march, "-std=gnu99", "-fPIC", "-fopenmp", "-ffp-contract=off", "-Wall", "-Werror",
-             "-Wno-unused-function"]
+    # nncc's own flags (as the compiler takes them), for this -march, with every warning an error
+    flags = [march if f == "-march=native" else f for f in toolchain_flags((compiler,), COMPILE_FLAGS)] + ["-Werror"]
     objects = []
     if split:
         from nncc.runtime.build import GEMM_PARTS, gemm_source
@@ -100,12 +97,7 @@ def build(d, march="-march=native", split=False, compiler="gcc"):
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     lib = ffi.dlopen(str(d / "g.so"))
-    # cffi dlclose()s the module at interpreter exit, which would unload
-    # libgomp under its still-running idle threads (segfault on exit).
-    try:
-        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOW | os.RTLD_NOLOAD | os.RTLD_NODELETE)
-    except OSError:
-        pass
+    pin_openmp_runtime()  # cffi dlclose()s the module at exit, under the runtime's idle threads
     return ffi, lib
 
 
