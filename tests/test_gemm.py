@@ -363,23 +363,31 @@ def nncc_rows_for_blocked(M, N, K):
     return max(M, N, int(1e6 / (2 * min(M, N) * K)) + 1)
 
 
-@pytest.mark.parametrize("ta,tb", TRANS)
-def test_split_build_matches_one_translation_unit_bitwise(gemm, gemm_split, ta, tb):
-    """The GEMM as nncc builds it (runtime/build.py: in parts) computes what the GEMM in one
-    translation unit does, bit for bit: small path (both orientations) and blocked path."""
-    rng = np.random.default_rng(5000 + 10 * ta + tb)
-    for M, N, K in [(32, 64, 1), (64, 1, 32), (1, 64, 32), (9, 70, 130), (100, 12, 200), (13, 5, 40),
-                    (64, 10, 128), (64, 128, 784), (784, 128, 64), (333, 517, 600), (1030, 40, 300)]:
+# Small path (both orientations) and blocked path, ragged and one-K-block shapes.
+BITWISE_SHAPES = [(32, 64, 1), (64, 1, 32), (1, 64, 32), (9, 70, 130), (100, 12, 200), (13, 5, 40),
+                  (64, 10, 128), (64, 128, 784), (784, 128, 64), (333, 517, 600), (1030, 40, 300)]
+
+
+def assert_same_bits(first, second, ta, tb, rng):
+    """Both builds give the same bits for every shape of BITWISE_SHAPES, beta 0 and 1."""
+    for M, N, K in BITWISE_SHAPES:
         a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
         b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
         c0 = rng.standard_normal((M, N), dtype=np.float32)
         for beta in (0.0, 1.0):
             outs = []
-            for build_ in (gemm, gemm_split):
+            for build_ in (first, second):
                 c = c0.copy()
                 call(build_, ta, tb, a, a.shape[1], b, b.shape[1], beta, c, N, M, N, K)
                 outs.append(c.view(np.uint32))
             assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb, beta)
+
+
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_split_build_matches_one_translation_unit_bitwise(gemm, gemm_split, ta, tb):
+    """The GEMM as nncc builds it (runtime/build.py: in parts) computes what the GEMM in one
+    translation unit does, bit for bit."""
+    assert_same_bits(gemm, gemm_split, ta, tb, np.random.default_rng(5000 + 10 * ta + tb))
 
 
 @pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
@@ -387,20 +395,8 @@ def test_clang_build_matches_gcc_bitwise(tmp_path, gemm):
     """Built by clang, as nncc builds it (in parts, -Werror), the GEMM computes GCC's bits:
     every path and transposition (the arithmetic is written out in intrinsics)."""
     clang = build(tmp_path, split=True, compiler="clang")
-    rng = np.random.default_rng(6000)
     for ta, tb in TRANS:
-        for M, N, K in [(32, 64, 1), (64, 1, 32), (9, 70, 130), (100, 12, 200), (64, 128, 784),
-                        (784, 128, 64), (333, 517, 600), (1030, 40, 300)]:
-            a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
-            b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
-            c0 = rng.standard_normal((M, N), dtype=np.float32)
-            for beta in (0.0, 1.0):
-                outs = []
-                for build_ in (gemm, clang):
-                    c = c0.copy()
-                    call(build_, ta, tb, a, a.shape[1], b, b.shape[1], beta, c, N, M, N, K)
-                    outs.append(c.view(np.uint32))
-                assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb, beta)
+        assert_same_bits(gemm, clang, ta, tb, np.random.default_rng(6000 + 10 * ta + tb))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
