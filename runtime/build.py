@@ -173,6 +173,15 @@ def cache_key(program_fingerprint: str, name: str) -> str:
 def build(program_fingerprint: str, emit, name="model") -> BuildResult:
     """The cached library for this program; on a miss, `emit()` gives the C (a CSource)
     and the compiler runs. A hit emits nothing and starts no process."""
+    try:
+        return _build(program_fingerprint, emit, name)
+    except OSError as error:  # the cache directory: not writable, not a directory, disk full
+        raise BuildError(f"cannot use nncc's build cache in {cache_dir()}: {error.strerror or error}"
+                         f"{f' ({error.filename})' if error.filename else ''}; set NNCC_CACHE_DIR to a "
+                         f"writable directory") from error
+
+
+def _build(program_fingerprint, emit, name):
     start = time.perf_counter()
     key = cache_key(program_fingerprint, name)
     openmp = openmp_supported(tuple(compiler_command()))  # known by now: the key depends on it

@@ -150,3 +150,16 @@ def test_a_compiler_without_openmp_still_builds_every_model(monkeypatch, tmp_pat
         states.append({k: v.copy() for k, v in trainer.params.items()})
     for name in states[0]:
         assert np.array_equal(states[0][name].view(np.uint32), states[1][name].view(np.uint32)), name
+
+
+def test_an_unusable_cache_directory_is_a_clear_error(monkeypatch, tmp_path):
+    """A cache path that cannot be a directory (or is not writable) names itself and the fix."""
+    from nncc import BuildError
+    from nncc.compiler.emit import CSource
+    from nncc.runtime.build import build
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("NNCC_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(BuildError, match=r"build cache in .*a_file/cache.*set NNCC_CACHE_DIR"):
+        build("a program fingerprint", lambda: CSource("int ok(void) { return 0; }\n", "", ""), "tiny")
