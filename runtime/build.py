@@ -70,7 +70,6 @@ def compiler_command():
     return shlex.split(os.environ.get("CC", "cc"))
 
 
-
 @functools.lru_cache(maxsize=None)
 def openmp_supported(cc: tuple) -> bool:
     """Whether the compiler command `cc` compiles and links OpenMP code (Apple's clang, for
@@ -85,11 +84,9 @@ def openmp_supported(cc: tuple) -> bool:
         (Path(d) / "probe.c").write_text("#include <omp.h>\nint nncc_probe(void) { return omp_get_max_threads(); }\n")
         supported = subprocess.run([*cc, OPENMP_FLAG, "-shared", "-fPIC", "probe.c", "-o", "probe.so"], cwd=d,
                                    capture_output=True).returncode == 0
-    if supported:
+    if supported:  # an empty file: its existence is the answer, so writers cannot collide
         answer.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".openmp-", dir=answer.parent)
-        os.close(fd)
-        os.replace(tmp, answer)  # atomic, as every cache entry
+        answer.touch()
     return supported
 
 
