@@ -207,14 +207,16 @@ def cpu_flags():
 @pytest.mark.parametrize("march", ["-march=x86-64-v3", "-march=x86-64", "-mfma"])
 @pytest.mark.parametrize("split", [False, True])
 def test_other_isa_paths(tmp_path, march, split):
-    # The AVX2 and the portable (SSE2 / vector extension) code paths; -mfma: the portable
-    # path with a fast fmaf (__FP_FAST_FMAF), as on AArch64.
+    # The AVX2 and the portable (SSE2 / vector extension) code paths, small problems and
+    # blocked, and their agreement; -mfma: the portable path with a fast fmaf
+    # (__FP_FAST_FMAF), as on AArch64.
     gemm = build(tmp_path, march, split)
     rng = np.random.default_rng(5)
     for ta, tb in TRANS:
         for M, N, K in [(1, 1, 1), (7, 33, 65), (65, 7, 33), (129, 300, 65), (33, 129, 600)]:
             check(gemm, rng, M, N, K, ta, tb, 0.0, pad=2)
             check(gemm, rng, M, N, K, ta, tb, 1.0)
+        assert_small_matches_blocked(gemm, ta, tb, threads=2)
 
 
 def test_thread_count_independent(gemm):
@@ -328,6 +330,10 @@ def test_small_path_matches_blocked_path_bitwise(gemm, ta, tb, threads):
     """Every element of C gets the same arithmetic on every path: a small problem's result
     equals, bit for bit, the same rows (or columns) of a problem big enough for the
     blocked (and threaded) path, for K within one K block."""
+    assert_small_matches_blocked(gemm, ta, tb, threads)
+
+
+def assert_small_matches_blocked(gemm, ta, tb, threads):
     ffi, lib = gemm
     rng = np.random.default_rng(4000 + 10 * ta + tb)
     saved = lib.t_get_threads()
