@@ -72,22 +72,34 @@ def compiler_command():
 
 @functools.lru_cache(maxsize=None)
 def openmp_supported(cc: tuple) -> bool:
-    """Whether the compiler command `cc` compiles and links OpenMP code (Apple's clang, for
-    one, does not without libomp). A yes is kept in the cache directory, so a machine whose
-    compiler has OpenMP starts no process for this again, cache hits included; a no is asked
-    again in each process (once), so installing the runtime takes effect at once."""
-    toolchain = hashlib.sha256(f"{' '.join(cc)}\0{toolchain_identity(cc)}".encode()).hexdigest()
-    answer = cache_dir() / "toolchains" / f"{toolchain}.openmp"
-    if answer.exists():
+    """Whether the compiler command `cc` builds OpenMP code. Assumed, so a compiler that has
+    it costs nothing to ask; a build that fails for want of it (Apple's clang without libomp)
+    leaves a mark in the cache directory, and while the mark is there the compiler is asked
+    again once per process (a ~30 ms probe), so installing the runtime takes effect."""
+    mark = _no_openmp_mark(cc)
+    if not mark.exists():
         return True
+    if _probe_openmp(cc):
+        mark.unlink(missing_ok=True)
+        return True
+    return False
+
+
+def _no_openmp_mark(cc: tuple) -> Path:
+    toolchain = hashlib.sha256(f"{' '.join(cc)}\0{toolchain_identity(cc)}".encode()).hexdigest()
+    return cache_dir() / "toolchains" / f"{toolchain}.no-openmp"
+
+
+def _probe_openmp(cc: tuple) -> bool:
+    """Whether `cc` compiles and links a file that uses OpenMP."""
     with tempfile.TemporaryDirectory(prefix="nncc-openmp-") as d:
         (Path(d) / "probe.c").write_text("#include <omp.h>\nint nncc_probe(void) { return omp_get_max_threads(); }\n")
-        supported = subprocess.run([*cc, OPENMP_FLAG, "-shared", "-fPIC", "probe.c", "-o", "probe.so"], cwd=d,
-                                   capture_output=True).returncode == 0
-    if supported:  # an empty file: its existence is the answer, so writers cannot collide
-        answer.parent.mkdir(parents=True, exist_ok=True)
-        answer.touch()
-    return supported
+        return subprocess.run([*cc, OPENMP_FLAG, "-shared", "-fPIC", "probe.c", "-o", "probe.so"], cwd=d,
+                              capture_output=True).returncode == 0
+
+
+class _NoOpenMP(Exception):
+    """A build with OpenMP failed, and the compiler cannot build OpenMP code at all."""
 
 
 def toolchain_flags(cc: tuple, flags) -> list:
@@ -171,7 +183,10 @@ def build(program_fingerprint: str, emit, name="model") -> BuildResult:
     """The cached library for this program; on a miss, `emit()` gives the C (a CSource)
     and the compiler runs. A hit emits nothing and starts no process."""
     try:
-        return _build(program_fingerprint, emit, name)
+        try:
+            return _build(program_fingerprint, emit, name)
+        except _NoOpenMP:  # marked now: the key and the flags are those without OpenMP
+            return _build(program_fingerprint, emit, name)
     except OSError as error:  # the cache directory: not writable, not a directory, disk full
         raise BuildError(f"cannot use nncc's build cache in {cache_dir()}: {error.strerror or error}"
                          f"{f' ({error.filename})' if error.filename else ''}; set NNCC_CACHE_DIR to a "
@@ -186,15 +201,11 @@ def _build(program_fingerprint, emit, name):
     library = final / LIBRARY
     if library.exists():
         return BuildResult(library, final, key, True, time.perf_counter() - start, name, openmp)
-    code = emit()
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
     try:
-        (work / f"{name}.c").write_text(code.source)
-        (work / f"{name}.h").write_text(code.header)
-        (work / CDEF).write_text(code.cdef)
-        _compile_library(work, name, code.source)
-        _write_ffi_module(work, code.cdef)
+        cdef = _compile_library(work, name, emit)
+        _write_ffi_module(work, cdef)
         try:
             os.rename(work, final)  # atomic publish; fails if another process won the race
         except OSError:
@@ -206,26 +217,45 @@ def _build(program_fingerprint, emit, name):
     return BuildResult(library, final, key, False, time.perf_counter() - start, name, openmp)
 
 
-def _compile_library(work: Path, name: str, source: str):
+def _compile_library(work: Path, name: str, emit) -> str:
     """Compile the model (without its GEMM) and, unless this machine has them cached, the
-    GEMM's parts, in parallel processes; link them into LIBRARY. The GEMM objects are
-    content-keyed and published atomically, so they are compiled once per machine and
-    toolchain."""
+    GEMM's parts, in parallel processes; link them into LIBRARY; return the declarations.
+    The GEMM's compiles start first, and `emit()` writes the model's C while they run. The
+    GEMM objects are content-keyed and published atomically, so they are compiled once per
+    machine and toolchain."""
     cc = compiler_command()
     gemm = _gemm_object_paths()
     compile_flags = toolchain_flags(tuple(cc), COMPILE_FLAGS)
-    jobs = {"model": [*cc, *compile_flags, "-DNNCC_EXTERNAL_GEMM", "-c", f"{name}.c", "-o", "model.o"]}
+    jobs = {}
     for part, obj in gemm.items():
         if not obj.exists():
             (work / f"gemm{part}.c").write_text(gemm_source(part))
             jobs[part] = [*cc, *compile_flags, "-c", f"gemm{part}.c", "-o", f"gemm{part}.o"]
     procs = {k: subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, cmd in jobs.items()}
-    FFI()  # the first one imports cffi's C parser (~20 ms, for _write_ffi_module): now, while gcc runs
+    try:
+        code = emit()
+        (work / f"{name}.c").write_text(code.source)
+        (work / f"{name}.h").write_text(code.header)
+        (work / CDEF).write_text(code.cdef)
+        procs["model"] = subprocess.Popen([*cc, *compile_flags, "-DNNCC_EXTERNAL_GEMM", "-c", f"{name}.c", "-o",
+                                           "model.o"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        FFI()  # the first one imports cffi's C parser (~20 ms, for _write_ffi_module): now, while gcc runs
+    except BaseException:  # no compiler left writing into the directory about to be removed
+        for proc in procs.values():
+            proc.kill()
+            proc.communicate()
+        raise
     stderr = {k: p.communicate()[1] for k, p in procs.items()}
     errors = {k: stderr[k] for k, p in procs.items() if p.returncode != 0}
+    if errors and OPENMP_FLAG in compile_flags and not _probe_openmp(tuple(cc)):
+        mark = _no_openmp_mark(tuple(cc))
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()  # an empty file: its existence is the answer, so writers cannot collide
+        openmp_supported.cache_clear()
+        raise _NoOpenMP()
     if "model" in errors:
-        raise BuildError(_compiler_failure(errors["model"], source, name))
+        raise BuildError(_compiler_failure(errors["model"], code.source, name))
     if errors:
         raise BuildError(f"internal error: the GEMM failed to compile (please report):\n{next(iter(errors.values()))[:2000]}")
     for part, obj in gemm.items():
@@ -239,6 +269,7 @@ def _compile_library(work: Path, name: str, source: str):
     proc = subprocess.run(link, cwd=work, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"internal error: linking failed (please report):\n{proc.stderr[:2000]}")
+    return code.cdef
 
 
 def gemm_text() -> str:
