@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKLOADS_PY = HERE / "workloads.py"
 sys.path.insert(0, str(HERE))
+from core_distance import round_trip_ns  # noqa: E402
 from report import fmt_num, report, short_error, table, usable  # noqa: E402
 
 ALL_WORKLOADS = ["W1", "W2", "W3", "W4", "E1"]
@@ -88,6 +89,7 @@ class Runner:
         env.update(env_extra or {})
         cmd = [sys.executable, str(WORKLOADS_PY), fw, wl, "--mode", mode] + (["--quick"] if self.quick else [])
         timeout = 150 if self.quick else 300
+        cores_before = round_trip_ns()
         start = time.perf_counter()
         busy0, steal0, ours0 = cpu_snapshot()
         try:
@@ -104,13 +106,21 @@ class Runner:
             result = {"ok": False, "error": f"timed out after {timeout} s"}
         wall = time.perf_counter() - start
         busy1, steal1, ours1 = cpu_snapshot()
+        cores_after = round_trip_ns()
         capacity = max(wall * (os.cpu_count() or 1), 1e-9)
         others = max(0.0, (busy1 - busy0) - (ours1 - ours0)) / capacity
         result.update(framework=fw, workload=wl, mode=mode, tag=tag, wall_s=wall, cmd=" ".join(cmd),
                       others_cpu=others, steal_cpu=(steal1 - steal0) / capacity,
-                      disturbed=others > self.contention)
+                      disturbed=others > self.contention, core_round_trip_ns=[cores_before, cores_after])
         self.records.append(result)
         return result
+
+
+def conditions(rec):
+    """What else went on during a measurement: the share of the CPUs other processes used,
+    and how far apart the cores were before and after it (core_distance.py)."""
+    cores = "/".join("?" if ns is None else f"{ns:.0f}" for ns in rec.get("core_round_trip_ns", ()))
+    return f"others {rec['others_cpu']:.0%}{' DISTURBED' if rec['disturbed'] else ''}, cores {cores} ns"
 
 
 # --------------------------------------------------------------------------------------
@@ -171,7 +181,7 @@ class Bench:
             rec = self.runner.run(fw, wl, "epoch" if wl == "E1" else "speed", tag=tag)
             recs[fw] = rec
             self.results[(wl, fw)].append(rec)
-            noise = f"others {rec['others_cpu']:.0%}{' DISTURBED' if rec['disturbed'] else ''}"
+            noise = conditions(rec)
             if rec.get("ok") and rec.get("finite", True):
                 if wl == "E1":
                     value, unit = rec["s_per_epoch"], "s/epoch"
@@ -204,7 +214,7 @@ class Bench:
             self.gemm.append(g)
             self.mm8.append(m)
             for rec, what in ((g, "numpy 2048^3 float32 matmul"), (m, "numpy, W3's 8 matmuls alone")):
-                noise = f"others {rec['others_cpu']:.0%}{' DISTURBED' if rec['disturbed'] else ''}"
+                noise = conditions(rec)
                 if not rec.get("ok"):
                     print(f"  {what}: ERROR {short_error(rec)}", flush=True)
                 elif rec["mode"] == "gemm":
@@ -228,8 +238,7 @@ class Bench:
                 if rec.get("ok"):
                     print(f"  time to first step {wl} {kind}: compile {rec['compile_s'] * 1e3:7.1f} ms + first step "
                           f"{rec['first_step_s'] * 1e3:6.1f} ms = {rec['total_s'] * 1e3:7.1f} ms (cache "
-                          f"{'hit' if rec['cache_hit'] else 'miss'}; others {rec['others_cpu']:.0%}"
-                          f"{' DISTURBED' if rec['disturbed'] else ''})", flush=True)
+                          f"{'hit' if rec['cache_hit'] else 'miss'}; {conditions(rec)})", flush=True)
                 else:
                     print(f"  time to first step {wl} {kind}: ERROR {short_error(rec)}", flush=True)
 
@@ -311,6 +320,8 @@ def main(argv=None):
     else:
         print(f"  {' and '.join(BLAS_VARS)} are not set here (numpy/torch subprocesses would get them unset, "
               "nncc the environment unchanged)")
+    print("  'cores': a cache line's round trip between two CPUs before/after a measurement (core_distance.py; "
+          "~50 ns: near, ~300 ns: far apart, where two-thread code loses up to half its speed)")
     print(f"  'others': share of all CPUs other processes used during a measurement; above {args.contention:.0%} "
           "it is DISTURBED and left out of medians when undisturbed results exist")
     if "nncc" in frameworks:
