@@ -3,9 +3,9 @@
 The key hashes everything that shapes the library: the C source and header, the compiler's
 identity and the flags it takes (OpenMP or not), the CPU (we build with -march=native), the
 platform and the nncc version. A hit never runs the compiler (one exception: a compiler that
-had no OpenMP is asked again, once per process, whether it has it now). Entries are built in a private temporary directory
-and published with an atomic rename, so concurrent builders of the same model never see a
-half-written entry and never delete one another's.
+had no OpenMP is asked again, once per process, whether it has it now). Entries are built in
+a private temporary directory and published with an atomic rename, so concurrent builders of
+the same model never see a half-written entry and never delete one another's.
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ from cffi import FFI
 from nncc.compiler.emit import GEMM_TEMPLATES
 from nncc.compiler.errors import BuildError
 
+OPENMP_FLAG = "-fopenmp"  # left out where the compiler has no OpenMP (see toolchain_flags)
 # -ffp-contract=off: every expression is rounded as written, as the NumPy reference rounds
 # it (GCC's default fuses a * b + c where its passes happen to find one, so the same
 # update could round once in one kernel and twice in another); the GEMM and vmath write
 # their fused multiply-adds explicitly. -Werror=implicit-function-declaration: a routine
 # that no included library declares fails the build here, as it does by default on GCC 14,
 # instead of being a warning nobody reads.
-OPENMP_FLAG = "-fopenmp"  # left out where the compiler has no OpenMP (see toolchain_flags)
 COMPILE_FLAGS = ("-O3", "-march=native", "-std=gnu99", "-fPIC", OPENMP_FLAG, "-fno-math-errno", "-ffp-contract=off",
                  "-Werror=implicit-function-declaration",
                  "-Wall", "-Wno-unused-function", "-Wno-unused-variable")
