@@ -32,6 +32,11 @@ examples:
   nncc build examples/regression.py --train     build, then train on the model's data
   nncc build examples/classifier.py --check     build, then compare with the reference
   nncc build model.py --out build/ --debug-dir dump/   keep every pass's graph and the C
+
+environment:
+  CC                 the C compiler (default cc; GCC and clang give the same bits)
+  NNCC_CACHE_DIR     the build cache (default $XDG_CACHE_HOME/nncc, else ~/.cache/nncc)
+  OMP_NUM_THREADS    threads of the compiled kernels (default: every core)
 """
 
 
