@@ -336,6 +336,23 @@ def load_library(library: Path, cdef: str):
 OPENMP_RUNTIMES = ("libgomp.so.1", "libomp.so.5", "libomp.so", "libiomp5.so")
 
 
+def _one_thread_after_fork():
+    """GCC's OpenMP runtime is not fork-safe: in the child of a process whose kernels ran on
+    threads, the next parallel region waits forever for threads that did not survive the fork
+    (a `multiprocessing` worker, say). So a child runs every kernel on one thread: the same
+    results, as no sum is ever split between threads. (LLVM's runtime handles fork itself.)"""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOW | os.RTLD_NOLOAD).omp_set_num_threads(1)
+    except (OSError, AttributeError):
+        pass  # not loaded: nothing ran on its threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
 def pin_openmp_runtime():
     """Keep the loaded OpenMP runtime loaded for good. cffi dlclose()s libraries at
     interpreter exit, which would unload the runtime under its still-running idle worker

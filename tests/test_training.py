@@ -1,7 +1,11 @@
 """Training as users run it: fit in C, dropout masks, LayerNorm/BatchNorm, resuming."""
+import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -297,3 +301,37 @@ def test_fit_gathers_batches_on_the_team_with_the_same_bits_as_one_thread():
     want = nncc.testing.reference_for(trainer).fit(epochs=2, batch_size=64, seed=7, step_losses=True, **data)
     for epoch in range(2):
         np.testing.assert_allclose(steps2[epoch], want["step_loss"][epoch], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_trains_instead_of_hanging():
+    """GCC's OpenMP runtime hangs in a forked child of a process that ran threads (a
+    `multiprocessing` worker): the child runs every kernel on one thread instead, and gets the
+    bits the parent gets for the same step and the same epoch."""
+    trainer = nncc.compile(classifier.model(), outputs=["logits"], batch_size=64, seed=2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((256, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 256).astype(np.int32)
+    trainer.step(x=x[:64], y=y[:64])  # the team's threads exist now
+    state = trainer.state_dict()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one step and one epoch, their losses to the parent
+        try:
+            losses = [trainer.step(x=x[:64], y=y[:64]), trainer.fit(x=x, y=y, epochs=1, batch_size=64)["loss"][-1]]
+            os.write(write, json.dumps(losses).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    child = json.loads(os.read(read, 4096).decode())
+    os.close(read)
+    trainer.load_state_dict(state)
+    parent = [trainer.step(x=x[:64], y=y[:64]), trainer.fit(x=x, y=y, epochs=1, batch_size=64)["loss"][-1]]
+    assert child == parent
