@@ -254,6 +254,10 @@ def _compile_library(work: Path, name: str, emit) -> str:
         mark.touch()  # an empty file: its existence is the answer, so writers cannot collide
         openmp_supported.cache_clear()
         raise _NoOpenMP()
+    rejected = next((m for e in errors.values() for m in [REJECTED_FLAG.search(e)] if m), None)
+    if rejected:
+        raise BuildError(f"the C compiler ({' '.join(cc)}) does not take nncc's flag {rejected.group(1)}: nncc "
+                         f"builds with GCC or clang (set CC to one)")
     if "model" in errors:
         raise BuildError(_compiler_failure(errors["model"], code.source, name))
     if errors:
@@ -292,6 +296,11 @@ def _gemm_object_paths() -> dict:
         h.update(field.encode())
         h.update(b"\0")
     return {part: cache_dir() / "gemm" / f"{h.hexdigest()}-{part}.o" for part in GEMM_PARTS}
+
+
+# How GCC and clang say they do not know a flag (a compiler that is neither fails on ours).
+REJECTED_FLAG = re.compile(r"(?:unrecognized command[- ]line option|unknown argument|unsupported option)"
+                           r"[:\s]*['‘`\"]?(-[\w=.+-]+)")
 
 
 def _compiler_failure(stderr, source, name):

@@ -163,3 +163,20 @@ def test_an_unusable_cache_directory_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("NNCC_CACHE_DIR", str(blocker / "cache"))
     with pytest.raises(BuildError, match=r"build cache in .*a_file/cache.*set NNCC_CACHE_DIR"):
         build("a program fingerprint", lambda: CSource("int ok(void) { return 0; }\n", "", ""), "tiny")
+
+
+def test_a_compiler_that_rejects_a_flag_is_named_with_the_flag(monkeypatch, tmp_path):
+    """Neither GCC nor clang (a compiler without -ffp-contract): one line that names the
+    compiler, the flag and the way out, not 'an nncc bug'."""
+    from nncc import BuildError
+    from nncc.compiler.emit import CSource
+    from nncc.runtime.build import build
+
+    fake = tmp_path / "oldcc"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do\n  [ "$a" = -ffp-contract=off ] && { echo "oldcc: error: '
+                    'unrecognized command-line option \'-ffp-contract=off\'" >&2; exit 1; }\ndone\nexec gcc "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("NNCC_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(BuildError, match=r"oldcc\) does not take nncc's flag -ffp-contract=off.*GCC or clang"):
+        build("a program fingerprint", lambda: CSource("int ok(void) { return 0; }\n", "", ""), "tiny")
