@@ -335,3 +335,26 @@ def test_a_forked_child_trains_instead_of_hanging():
     trainer.load_state_dict(state)
     parent = [trainer.step(x=x[:64], y=y[:64]), trainer.fit(x=x, y=y, epochs=1, batch_size=64)["loss"][-1]]
     assert child == parent
+
+
+def test_trainers_in_several_python_threads_do_not_interfere():
+    """Each C call releases the GIL; trainers stepping at once in three threads (their own
+    OpenMP teams, their own GEMM buffers) get the bits one trainer gets alone."""
+    import threading
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 64).astype(np.int32)
+
+    def losses(out, k):
+        trainer = nncc.compile(classifier.model(), outputs=["logits"], batch_size=64, seed=1)
+        out[k] = [trainer.step(x=x, y=y) for _ in range(30)]
+
+    alone, together = {}, {}
+    losses(alone, 0)
+    threads = [threading.Thread(target=losses, args=(together, k)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [together[k] for k in range(3)] == [alone[0]] * 3
