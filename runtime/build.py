@@ -70,19 +70,20 @@ def compiler_command():
     return shlex.split(os.environ.get("CC", "cc"))
 
 
-@functools.lru_cache(maxsize=None)
+_OPENMP_KNOWN = {}  # compiler command -> whether it builds OpenMP code, as this process found
+
+
 def openmp_supported(cc: tuple) -> bool:
     """Whether the compiler command `cc` builds OpenMP code. Assumed, so a compiler that has
     it costs nothing to ask; a build that fails for want of it (Apple's clang without libomp)
     leaves a mark in the cache directory, and while the mark is there the compiler is asked
     again once per process (a ~30 ms probe), so installing the runtime takes effect."""
-    mark = _no_openmp_mark(cc)
-    if not mark.exists():
-        return True
-    if _probe_openmp(cc):
-        mark.unlink(missing_ok=True)
-        return True
-    return False
+    if cc not in _OPENMP_KNOWN:
+        mark = _no_openmp_mark(cc)
+        _OPENMP_KNOWN[cc] = not mark.exists() or _probe_openmp(cc)
+        if _OPENMP_KNOWN[cc]:
+            mark.unlink(missing_ok=True)
+    return _OPENMP_KNOWN[cc]
 
 
 def _no_openmp_mark(cc: tuple) -> Path:
@@ -252,7 +253,7 @@ def _compile_library(work: Path, name: str, emit) -> str:
         mark = _no_openmp_mark(tuple(cc))
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()  # an empty file: its existence is the answer, so writers cannot collide
-        openmp_supported.cache_clear()
+        _OPENMP_KNOWN[tuple(cc)] = False  # known now: the retry builds without, asking nothing more
         raise _NoOpenMP()
     rejected = next((m for e in errors.values() for m in [REJECTED_FLAG.search(e)] if m), None)
     if rejected:
