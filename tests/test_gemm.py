@@ -1,7 +1,10 @@
 """Tests for the float32 GEMM (nncc_sgemm: templates/kernels/gemm*.c.j2): results against
 float64, every path's bits, threads, epilogues, the SGD update. The harness is
 gemm_harness.py; builds for other ISAs and compilers are in test_gemm_builds.py."""
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +211,41 @@ def test_the_compiler_knows_the_gemm_k_block():
     from nncc.compiler.ops.linalg import GEMM_K_BLOCK
 
     assert re.search(r"#define NNCC_GEMM_KC (\d+)", gemm_text()).group(1) == str(GEMM_K_BLOCK)
+
+
+# Every operand ends at a page no one may touch; one process for all shapes, each printed
+# before its call, so that a crash names its shape.
+GUARD_SCRIPT = """
+import itertools, pathlib, sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from gemm_harness import at_page_end, build
+ffi, lib = build(pathlib.Path(sys.argv[1]))
+p = lambda x: ffi.cast("float *", x.ctypes.data)
+rng = np.random.default_rng(0)
+shapes = [(20, 10, 7), (100, 10, 64), (20, 1, 5), (33, 3, 9), (9, 70, 13), (13, 5, 40), (32, 64, 1),
+          (64, 1, 32), (1, 64, 32), (37, 29, 1), (17, 130, 200), (100, 12, 200), (64, 10, 128),
+          (333, 517, 600), (1030, 40, 300), (200, 3, 2000)]
+for (M, N, K), ta, tb, beta in itertools.product(shapes, (0, 1), (0, 1), (0.0, 1.0)):
+    print(M, N, K, ta, tb, beta, flush=True)
+    keep_a, a = at_page_end(rng, K if ta else M, M if ta else K)
+    keep_b, b = at_page_end(rng, N if tb else K, K if tb else N)
+    keep_c, c = at_page_end(rng, M, N)
+    c0 = c.astype(np.float64)
+    lib.t_sgemm(ta, tb, M, N, K, p(a), a.shape[1], p(b), b.shape[1], beta, p(c), N)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64) + beta * c0
+    assert np.allclose(c, want, rtol=1e-4, atol=1e-3), (M, N, K, ta, tb, beta)
+print("done")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through ctypes: Linux")
+def test_no_read_or_write_past_the_operands(tmp_path):
+    """Each operand ends at an inaccessible page: no path reads or writes past A, B or C.
+    (The C^T path for few columns once read up to 15 floats past a transposed A whose
+    rows are not whole vectors: a 100 x 10 x 64 update of a layer 100 wide.)"""
+    proc = subprocess.run([sys.executable, "-c", GUARD_SCRIPT, str(tmp_path), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300)
+    last = proc.stdout.strip().splitlines()[-1:] or ["(nothing)"]
+    assert proc.returncode == 0 and last == ["done"], (
+        f"exit {proc.returncode} at M N K ta tb beta = {last[0]}\n{proc.stderr[-2000:]}")
