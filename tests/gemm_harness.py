@@ -94,26 +94,6 @@ def build(d, march="-march=native", split=False, compiler="gcc"):
     return ffi, lib
 
 
-def at_page_end(rng, rows, cols):
-    """A rows x cols float32 array (random) that ends where a page no process may touch
-    begins: a kernel that reads or writes one float past it dies (SIGSEGV). Returns the
-    mapping too (keep it alive)."""
-    import ctypes
-    import mmap
-
-    page, size = mmap.PAGESIZE, rows * cols * 4
-    pages = -(-size // page) + 1
-    mapping = mmap.mmap(-1, pages * page)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
-    mprotect = ctypes.CDLL(None, use_errno=True).mprotect
-    mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    if mprotect(base + (pages - 1) * page, page, 0) != 0:  # PROT_NONE
-        raise OSError(ctypes.get_errno(), "mprotect")
-    array = np.frombuffer(mapping, np.float32, rows * cols, (pages - 1) * page - size).reshape(rows, cols)
-    array[:] = rng.standard_normal((rows, cols), dtype=np.float32)
-    return mapping, array
-
-
 def padded(rng, rows, cols, pad):
     """A rows x cols float32 view into a buffer with leading dimension cols+pad."""
     buf = rng.standard_normal((max(rows, 1), cols + pad), dtype=np.float32)

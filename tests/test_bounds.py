@@ -1,20 +1,20 @@
 """Compiled models never read past the caller's arrays, nor past their arena: every feed and
-the arena end where a page no process may touch begins, and step, fit, predict and evaluate
-run on the examples with whole, partial and several batches. A read past a feed dies (SIGSEGV), so the run is a
-subprocess that prints each case before it: a crash names the case. (The GEMM's own
-operands are checked the same way in test_gemm.py.)"""
-import subprocess
+the arena end where a page no process may touch begins (tests/guard.py), and step, fit,
+predict and evaluate run on the examples with whole, partial and several batches. (The
+GEMM's own operands are checked the same way in test_gemm.py.)"""
 import sys
 from pathlib import Path
 
 import pytest
+
+from guard import LINUX_ONLY, assert_script_completes
 
 TESTS = Path(__file__).resolve().parent
 SCRIPT = """
 import sys
 import numpy as np
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from gemm_harness import at_page_end
+from guard import at_page_end
 import nncc
 import classifier, norm_dropout, regression
 
@@ -47,10 +47,6 @@ print("done")
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through ctypes: Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason=LINUX_ONLY)
 def test_kernels_touch_nothing_past_the_feeds_or_the_arena():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(TESTS), str(TESTS.parent / "examples")],
-                          capture_output=True, text=True, timeout=300)
-    last = proc.stdout.strip().splitlines()[-1:] or ["(nothing)"]
-    assert proc.returncode == 0 and last == ["done"], (
-        f"exit {proc.returncode} at model rows = {last[0]}\n{proc.stderr[-2000:]}")
+    assert_script_completes(SCRIPT, TESTS, TESTS.parent / "examples", what="model rows")
