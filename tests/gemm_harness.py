@@ -193,6 +193,37 @@ BITWISE_SHAPES = [(32, 64, 1), (64, 1, 32), (1, 64, 32), (9, 70, 130), (100, 12,
                   (64, 10, 128), (64, 128, 784), (784, 128, 64), (333, 517, 600), (1030, 40, 300)]
 
 
+def assert_thread_count_independent(gemm, shapes):
+    """C = product, C += product and the SGD update give the same bits on 1 and 2 threads
+    for each (M, N, K, ta, tb), with C's rows padded (ldc > N) and the padding untouched:
+    whichever way the team splits the work (rows, columns, K blocks) or none (small
+    problems)."""
+    ffi, lib = gemm
+    rng = np.random.default_rng(7)
+    p = lambda x: ffi.cast("float *", x.ctypes.data)
+    saved = lib.t_get_threads()
+    try:
+        for M, N, K, ta, tb in shapes:
+            a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+            b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+            c0 = rng.standard_normal((M, N + 3), dtype=np.float32)
+            for mode in ("product", "accumulate", "update"):
+                outs = []
+                for nt in (1, 2):
+                    lib.t_set_threads(nt)
+                    c = c0.copy()
+                    if mode == "update":
+                        lib.t_sgemm_update(ta, tb, M, N, K, p(a), a.shape[1], p(b), b.shape[1], -0.01, p(c), N + 3)
+                    else:
+                        call(gemm, ta, tb, a, a.shape[1], b, b.shape[1], float(mode == "accumulate"), c, N + 3,
+                             M, N, K)
+                    outs.append(c.view(np.uint32))
+                assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb, mode)
+                assert np.array_equal(outs[0][:, N:], c0[:, N:].view(np.uint32)), (M, N, K, ta, tb, mode)
+    finally:
+        lib.t_set_threads(saved)
+
+
 def assert_same_bits(first, second, ta, tb, rng):
     """Both builds give the same bits for every shape of BITWISE_SHAPES, beta 0 and 1."""
     for M, N, K in BITWISE_SHAPES:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gemm_harness import TRANS, assert_small_matches_blocked, call, check, cpu_flags
+from gemm_harness import TRANS, assert_small_matches_blocked, assert_thread_count_independent, call, check, cpu_flags
 from guard import LINUX_ONLY, assert_script_completes
 from nncc.runtime.build import gemm_text
 
@@ -49,44 +49,17 @@ def test_block_boundaries(gemm, shape, ta, tb):
 
 
 def test_thread_count_independent(gemm):
-    """The same bits on 1 and 2 threads, for C = product, C += product and the SGD update,
-    with C's rows padded (ldc > N): the blocked path split by rows, by columns and by K
-    blocks (few outputs, two K blocks: each thread computes all of C for its block, the
-    partials are added in block order), and small problems."""
-    ffi, lib = gemm
-    rng = np.random.default_rng(7)
-    p = lambda x: ffi.cast("float *", x.ctypes.data)
-    saved = lib.t_get_threads()
-    try:
-        for M, N, K, ta, tb in [(333, 517, 1201, 0, 0), (1024, 10, 256, 1, 0), (256, 784, 1024, 0, 1),
-                                (129, 1000, 77, 1, 1),
-                                # the big GEMMs of a W2 step; ragged M read in place
-                                (784, 128, 64, 1, 0), (781, 200, 70, 1, 0), (781, 200, 70, 0, 1),
-                                # split K: W2's forward in every transposition, a ragged M
-                                # and N, fewer rows than a micro-tile, the largest C it takes
-                                (64, 128, 784, 0, 0), (64, 128, 784, 1, 0), (64, 128, 784, 0, 1),
-                                (64, 128, 784, 1, 1), (256, 10, 1024, 0, 0), (37, 101, 900, 1, 1),
-                                (5, 300, 700, 0, 0), (40, 409, 1000, 0, 1),
-                                # small problems (one thread whatever the setting)
-                                (32, 64, 64, 0, 1), (64, 1, 32, 1, 0), (31, 9, 100, 1, 1)]:
-            a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
-            b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
-            c0 = rng.standard_normal((M, N + 3), dtype=np.float32)
-            for mode in ("product", "accumulate", "update"):
-                outs = []
-                for nt in (1, 2):
-                    lib.t_set_threads(nt)
-                    c = c0.copy()
-                    if mode == "update":
-                        lib.t_sgemm_update(ta, tb, M, N, K, p(a), a.shape[1], p(b), b.shape[1], -0.01, p(c), N + 3)
-                    else:
-                        call(gemm, ta, tb, a, a.shape[1], b, b.shape[1], float(mode == "accumulate"), c, N + 3,
-                             M, N, K)
-                    outs.append(c.view(np.uint32))
-                assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb, mode)
-                assert np.array_equal(outs[0][:, N:], c0[:, N:].view(np.uint32)), (M, N, K, ta, tb, mode)
-    finally:
-        lib.t_set_threads(saved)
+    """The same bits on 1 and 2 threads for every product form, on every kind of split."""
+    assert_thread_count_independent(gemm, [
+        (333, 517, 1201, 0, 0), (1024, 10, 256, 1, 0), (256, 784, 1024, 0, 1), (129, 1000, 77, 1, 1),
+        # the big GEMMs of a W2 step; ragged M read in place
+        (784, 128, 64, 1, 0), (781, 200, 70, 1, 0), (781, 200, 70, 0, 1),
+        # split K: W2's forward in every transposition, a ragged M and N, fewer rows than a
+        # micro-tile, the largest C it takes
+        (64, 128, 784, 0, 0), (64, 128, 784, 1, 0), (64, 128, 784, 0, 1), (64, 128, 784, 1, 1),
+        (256, 10, 1024, 0, 0), (37, 101, 900, 1, 1), (5, 300, 700, 0, 0), (40, 409, 1000, 0, 1),
+        # small problems (one thread whatever the setting)
+        (32, 64, 64, 0, 1), (64, 1, 32, 1, 0), (31, 9, 100, 1, 1)])
 
 
 def test_concurrent_callers(gemm):

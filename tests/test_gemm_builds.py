@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from gemm_harness import TRANS, assert_same_bits, assert_small_matches_blocked, build, check, cpu_flags
+from gemm_harness import (TRANS, assert_same_bits, assert_small_matches_blocked, assert_thread_count_independent,
+                          build, check, cpu_flags)
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or
@@ -24,6 +25,9 @@ def test_other_isa_paths(tmp_path, march, split):
             check(gemm, rng, M, N, K, ta, tb, 0.0, pad=2)
             check(gemm, rng, M, N, K, ta, tb, 1.0)
         assert_small_matches_blocked(gemm, ta, tb, threads=2)
+    # split K (whole vectors of B read in place, or packed), split rows, split columns
+    assert_thread_count_independent(gemm, [(64, 128, 784, 0, 0), (64, 128, 784, 1, 1), (33, 129, 600, 0, 0),
+                                           (300, 40, 64, 1, 0), (64, 300, 200, 0, 1)])
 
 
 @pytest.mark.parametrize("ta,tb", TRANS)
