@@ -57,9 +57,8 @@ def emit(root: Path, workload: str, out: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
 
 
-def checkout(rev: str, tmp: Path) -> Path:
-    """A detached worktree of `rev` (removed by `cleanup`)."""
-    path = tmp / re.sub(r"[^\w.-]", "_", rev)
+def checkout(rev: str, path: Path) -> Path:
+    """A detached worktree of `rev` at `path` (the caller removes it)."""
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], check=True, cwd=ROOT)
     return path
 
@@ -130,7 +129,7 @@ def main(argv=None) -> int:
         try:
             sides = []
             for label, rev in (("base", args.base), ("head", args.head)):
-                root = ROOT if rev is None else checkout(rev, tmp)
+                root = ROOT if rev is None else checkout(rev, tmp / f"{label}-tree")
                 if rev is not None:
                     worktrees.append(root)
                 out = tmp / label / "model"
