@@ -216,7 +216,7 @@ p = lambda x: ffi.cast("float *", x.ctypes.data)
 rng = np.random.default_rng(0)
 shapes = [(20, 10, 7), (100, 10, 64), (20, 1, 5), (33, 3, 9), (9, 70, 13), (13, 5, 40), (32, 64, 1),
           (64, 1, 32), (1, 64, 32), (37, 29, 1), (17, 130, 200), (100, 12, 200), (64, 10, 128),
-          (333, 517, 600), (1030, 40, 300), (200, 3, 2000)]
+          (333, 517, 600), (1030, 40, 300), (200, 3, 2000), (64, 128, 784), (40, 48, 600)]
 for (M, N, K), ta, tb, beta in itertools.product(shapes, (0, 1), (0, 1), (0.0, 1.0)):
     print(M, N, K, ta, tb, beta, flush=True)
     keep_a, a = at_page_end(rng, K if ta else M, M if ta else K)
