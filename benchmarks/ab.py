@@ -69,19 +69,21 @@ class Side:
     def __init__(self, label: str, source: Path, header: Path, arena: np.ndarray, lr: float):
         import cffi
 
-        from nncc.runtime.build import COMPILE_FLAGS
+        from nncc.runtime.build import COMPILE_FLAGS, LINK_FLAGS, compiler_command, toolchain_flags
+        from nncc.runtime.trainer import _aligned_floats
 
         self.label = label
         text = source.read_text()
         include = re.search(r'#include "([^"]+)"', text).group(1)
         (source.parent / include).write_text(header.read_text())
         lib_path = source.with_suffix(".so")
-        subprocess.run(["gcc", *COMPILE_FLAGS, "-shared", f"-I{source.parent}", str(source), "-o", str(lib_path),
-                        "-lm"], check=True)
+        cc = tuple(compiler_command())  # as nncc builds, but one translation unit (the GEMM inside)
+        subprocess.run([*cc, *toolchain_flags(cc, COMPILE_FLAGS), *toolchain_flags(cc, LINK_FLAGS),
+                        f"-I{source.parent}", str(source), "-o", str(lib_path), "-lm"], check=True)
         self.ffi = cffi.FFI()
         self.ffi.cdef(re.sub(r"(?m)^#.*$", "", header.read_text()))
         self.lib = self.ffi.dlopen(str(lib_path))
-        self.arena = np.zeros(max(arena.size, self.lib.nncc_arena_floats()) + 16, np.float32)
+        self.arena = _aligned_floats(max(arena.size, self.lib.nncc_arena_floats()))  # as the Trainer's
         self.arena[:arena.size] = arena
         self.arena_ptr = self.ffi.cast("float *", self.arena.ctypes.data)
         self.rt = self.ffi.new("nncc_runtime *")
