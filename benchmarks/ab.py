@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=float, default=0.05, help="seconds per window (default 0.05; E1: one epoch)")
     ap.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01, as the benchmark)")
     args = ap.parse_args(argv)
+    if args.pairs < 4:
+        ap.error("--pairs: at least 4 (the verdict compares quartiles)")
 
     import workloads
 
