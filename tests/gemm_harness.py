@@ -193,11 +193,11 @@ BITWISE_SHAPES = [(32, 64, 1), (64, 1, 32), (1, 64, 32), (9, 70, 130), (100, 12,
                   (64, 10, 128), (64, 128, 784), (784, 128, 64), (333, 517, 600), (1030, 40, 300)]
 
 
-def assert_thread_count_independent(gemm, shapes):
-    """C = product, C += product and the SGD update give the same bits on 1 and 2 threads
-    for each (M, N, K, ta, tb), with C's rows padded (ldc > N) and the padding untouched:
-    whichever way the team splits the work (rows, columns, K blocks) or none (small
-    problems)."""
+def assert_thread_count_independent(gemm, shapes, threads=(1, 2)):
+    """C = product, C += product and the SGD update give the same bits on every thread
+    count in `threads` for each (M, N, K, ta, tb), with C's rows padded (ldc > N) and the
+    padding untouched: whichever way the team splits the work (rows, columns, K blocks) or
+    none (small problems)."""
     ffi, lib = gemm
     rng = np.random.default_rng(7)
     p = lambda x: ffi.cast("float *", x.ctypes.data)
@@ -209,7 +209,7 @@ def assert_thread_count_independent(gemm, shapes):
             c0 = rng.standard_normal((M, N + 3), dtype=np.float32)
             for mode in ("product", "accumulate", "update"):
                 outs = []
-                for nt in (1, 2):
+                for nt in threads:
                     lib.t_set_threads(nt)
                     c = c0.copy()
                     if mode == "update":
@@ -218,7 +218,7 @@ def assert_thread_count_independent(gemm, shapes):
                         call(gemm, ta, tb, a, a.shape[1], b, b.shape[1], float(mode == "accumulate"), c, N + 3,
                              M, N, K)
                     outs.append(c.view(np.uint32))
-                assert np.array_equal(outs[0], outs[1]), (M, N, K, ta, tb, mode)
+                assert all(np.array_equal(outs[0], o) for o in outs[1:]), (M, N, K, ta, tb, mode)
                 assert np.array_equal(outs[0][:, N:], c0[:, N:].view(np.uint32)), (M, N, K, ta, tb, mode)
     finally:
         lib.t_set_threads(saved)

@@ -65,24 +65,8 @@ def test_thread_count_independent(gemm):
 def test_split_k_on_any_team_size(gemm):
     """Teams of 3, 4 and 6 threads (more than this machine's cores) give one thread's bits,
     whether K's blocks divide among them (K in 3 or 4 blocks: split K) or not."""
-    ffi, lib = gemm
-    rng = np.random.default_rng(11)
-    p = lambda x: ffi.cast("float *", x.ctypes.data)
-    saved = lib.t_get_threads()
-    try:
-        for M, N, K, ta, tb in [(64, 128, 1500, 0, 0), (37, 50, 2000, 1, 1), (9, 200, 1100, 1, 0)]:
-            a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
-            b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
-            c0 = rng.standard_normal((M, N), dtype=np.float32)
-            outs = []
-            for nt in (1, 3, 4, 6):
-                lib.t_set_threads(nt)
-                c = c0.copy()
-                lib.t_sgemm_update(ta, tb, M, N, K, p(a), a.shape[1], p(b), b.shape[1], -0.01, p(c), N)
-                outs.append(c.view(np.uint32))
-            assert all(np.array_equal(outs[0], o) for o in outs[1:]), (M, N, K, ta, tb)
-    finally:
-        lib.t_set_threads(saved)
+    assert_thread_count_independent(gemm, [(64, 128, 1500, 0, 0), (37, 50, 2000, 1, 1), (9, 200, 1100, 1, 0)],
+                                     threads=(1, 3, 4, 6))
 
 
 def test_concurrent_callers(gemm):
