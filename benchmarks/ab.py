@@ -53,6 +53,7 @@ np.save({out!r} + ".npy", t.arena)
 
 
 def emit(root: Path, workload: str, out: Path) -> None:
+    """The workload's model as `root`'s nncc emits it (E1 is W2's model, WORKLOADS.md)."""
     code = EMIT.format(root=str(root), wl="W2" if workload == "E1" else workload, out=str(out))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
 
