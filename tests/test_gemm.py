@@ -52,8 +52,9 @@ def test_thread_count_independent(gemm):
     """The same bits on 1 and 2 threads for every product form, on every kind of split."""
     assert_thread_count_independent(gemm, [
         (333, 517, 1201, 0, 0), (1024, 10, 256, 1, 0), (256, 784, 1024, 0, 1), (129, 1000, 77, 1, 1),
-        # the big GEMMs of a W2 step; ragged M read in place
-        (784, 128, 64, 1, 0), (781, 200, 70, 1, 0), (781, 200, 70, 0, 1),
+        # the big GEMMs of a W2 step; ragged M read in place; rows split over more rows
+        # than one block of MC and more K than one block of KC
+        (784, 128, 64, 1, 0), (781, 200, 70, 1, 0), (781, 200, 70, 0, 1), (1030, 40, 1100, 1, 0),
         # split K: W2's forward in every transposition, a ragged M and N, fewer rows than a
         # micro-tile, the largest C it takes
         (64, 128, 784, 0, 0), (64, 128, 784, 1, 0), (64, 128, 784, 0, 1), (64, 128, 784, 1, 1),
