@@ -74,11 +74,17 @@ def test_fit_rejects_batches_larger_than_compiled():
         trainer.fit(batch_size=32, **small_data(64))
 
 
-def test_fit_reports_a_bad_label_by_its_row_in_the_callers_array():
-    trainer = nncc.compile(small_w4(), outputs=["logits"], batch_size=16)
-    data = small_data(40)
-    data["y"][37] = 9
-    with pytest.raises(FeedError, match=r"feed 'y': label 9 at row 37 "):
+@pytest.mark.parametrize("wide", [False, True])
+def test_fit_reports_a_bad_label_by_its_row_in_the_callers_array(wide):
+    """Also where fit gathers the batches on the OpenMP team (wide)."""
+    if wide:
+        trainer = nncc.compile(classifier.model(), outputs=["logits"], batch_size=64)
+        data, bad_row, bad_label = classifier.data(rows=200), 137, 10
+    else:
+        trainer = nncc.compile(small_w4(), outputs=["logits"], batch_size=16)
+        data, bad_row, bad_label = small_data(40), 37, 9
+    data["y"][bad_row] = bad_label
+    with pytest.raises(FeedError, match=rf"feed 'y': label {bad_label} at row {bad_row} "):
         trainer.fit(**data)
 
 
@@ -284,7 +290,7 @@ def test_kernels_split_over_threads_give_the_same_bits_as_one_thread():
 
 def test_fit_gathers_batches_on_the_team_with_the_same_bits_as_one_thread():
     """784 features x 64 rows is past NNCC_PARALLEL_MIN_FLOATS: fit gathers each batch on the
-    OpenMP team (and prefetches the next); the epoch must not depend on the thread count."""
+    OpenMP team; the epoch must not depend on the thread count."""
     data = classifier.data(rows=400, seed=5)
 
     def run():
@@ -301,6 +307,21 @@ def test_fit_gathers_batches_on_the_team_with_the_same_bits_as_one_thread():
     want = nncc.testing.reference_for(trainer).fit(epochs=2, batch_size=64, seed=7, step_losses=True, **data)
     for epoch in range(2):
         np.testing.assert_allclose(steps2[epoch], want["step_loss"][epoch], rtol=1e-4, atol=1e-6)
+
+
+def test_fit_trains_each_batch_as_step_does():
+    """fit's batches, gathered on the team into its staging buffers, are the batches in
+    order, the last one partial: bitwise the losses and weights of step() on slices."""
+    data = classifier.data(rows=300, seed=2)
+    fitted, stepped = (nncc.compile(classifier.model(), outputs=["logits"], optimizer=nncc.SGD(lr=0.05),
+                                    batch_size=64) for _ in range(2))
+    history = fitted.fit(epochs=2, batch_size=64, shuffle=False, step_losses=True, **data)
+    for epoch in range(2):
+        losses = [stepped.step(**{k: v[i:i + 64] for k, v in data.items()}) for i in range(0, 300, 64)]
+        np.testing.assert_array_equal(history["step_loss"][epoch], np.array(losses, dtype=np.float32))
+    for name, value in fitted.state_dict().items():
+        if name != "nncc:epoch":  # step() counts no epochs
+            np.testing.assert_array_equal(value, stepped.state_dict()[name], err_msg=name)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
