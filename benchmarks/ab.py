@@ -38,12 +38,20 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-# Run inside a checkout: emit the workload's model with that checkout's nncc.
+# Run inside a checkout: emit the workload's model with that checkout's nncc. The package's
+# subpackages live beside nncc/ (pyproject's package-dir), and an editable install of another
+# checkout would supply them (its finder answers for nncc.compiler and the rest): so nncc is
+# loaded with the checkout's root on its own search path, which is searched first.
 EMIT = """
-import sys, numpy as np
+import importlib.util, sys, numpy as np
 sys.path[:0] = [{root!r}, {root!r} + "/benchmarks"]
-import nncc, workloads
-assert nncc.__file__.startswith({root!r}), nncc.__file__
+spec = importlib.util.spec_from_file_location("nncc", {root!r} + "/nncc/__init__.py",
+                                              submodule_search_locations=[{root!r} + "/nncc", {root!r}])
+sys.modules["nncc"] = nncc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(nncc)
+import nncc.compiler, nncc.runtime, nncc.templates, workloads
+for module in (nncc, nncc.compiler, nncc.runtime, nncc.templates):
+    assert module.__file__.startswith({root!r}), module.__file__
 model = workloads.NnccModel({wl!r}, workloads.init_params({wl!r}))
 t = model.trainer
 open({out!r} + ".c", "w").write(t.source)
