@@ -74,8 +74,9 @@ def _entry_view(entry: Entry, program: Program):
     buffers = [{"pointer": entry.pointers[b.node], "offset": b.offset, "kind": b.kind,
                 "shape": "[" + ", ".join(dim(d) for d in g[b.node].shape) + "]", "node": b.node}
                for b in entry.used_buffers()]
+    overlap = _alone_run(entry.kernels) if entry is program.train and program.gather_overlaps else None
     steps, error_code = [], 0
-    for kernel in entry.kernels:
+    for k, kernel in enumerate(entry.kernels):
         step = {"comment": kernel.comment}
         if kernel.epilogue:
             fields = ", ".join(["n"] + [p for _, p in _params(kernel)])
@@ -86,8 +87,10 @@ def _entry_view(entry: Entry, program: Program):
             step["statement"] = f"{kernel.name}({', '.join(args)});"
         elif kernel.can_fail:
             error_code += 1
-            step["statement"] = (f"if ((bad = {kernel.call}) != 0) {{ rt->error_index = bad - 1; "
-                                 f"return {error_code}; }}")
+            # inside the run alone (see _alone_run) the thread leaves through the team's end
+            fail = (f"code = {error_code}; goto alone_done;" if overlap and overlap[0] <= k < overlap[1]
+                    else f"return {error_code};")
+            step["statement"] = f"if ((bad = {kernel.call}) != 0) {{ rt->error_index = bad - 1; {fail} }}"
         else:
             step["statement"] = f"{kernel.call};"
         steps.append(step)
@@ -99,7 +102,9 @@ def _entry_view(entry: Entry, program: Program):
     if entry.loss:
         args += ", double *loss_total"
     return {"name": entry.name, "feeds": feeds, "buffers": buffers, "steps": steps,
-            "gather_in_parallel": program.capacity * sum(f["row"] for f in feeds) >= PARALLEL_MIN_FLOATS,
+            "overlap": overlap and {"before": steps[:overlap[0]], "alone": steps[overlap[0]:overlap[1]],
+                                    "after": steps[overlap[1]:],
+                                    "fails": any(k.can_fail for k in entry.kernels[overlap[0]:overlap[1]])},
             "can_fail": error_code > 0, "outputs": outputs,
             "signature": f"int nncc_{entry.name}(nncc_runtime *rt, float *arena, int64_t n_total{args})",
             "loss": entry.loss, "loss_pointer": entry.pointers.get(entry.loss),
@@ -108,6 +113,19 @@ def _entry_view(entry: Entry, program: Program):
             "runtime": [{"name": r, "ctype": RUNTIME_SCALARS[r][0], "value": RUNTIME_SCALARS[r][1],
                          "doc": RUNTIME_SCALARS[r][2]}
                         for r in sorted({r for k in entry.kernels for r in k.runtime})]}
+
+
+def _alone_run(kernels):
+    """[start, stop) of the longest run of kernels that never start the OpenMP team (the
+    first of equals; empty at 0 when there is none): fit's train step runs them on one thread
+    while the other threads gather the next batch."""
+    best, start = (0, 0), 0
+    for k, kernel in enumerate(kernels + [None]):
+        if kernel is None or not kernel.one_thread:
+            if k - start > best[1] - best[0]:
+                best = (start, k)
+            start = k + 1
+    return best
 
 
 def _loop_view(kernel):

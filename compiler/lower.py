@@ -68,6 +68,7 @@ class Kernel:
     split_columns: str | None = None  # a row reduction the team splits by these columns
     runtime: tuple = ()
     epilogue: str | None = None  # the GEMM call that runs this loop on its output blocks
+    one_thread: bool = False  # never starts the OpenMP team (rows up to the capacity)
     # routine calls
     call: str | None = None
     can_fail: bool = False
@@ -131,14 +132,14 @@ def lower(graph: Graph, keep, fusion=True, prefix=None, capacity=1):
         if get_op(node.op).kind == SOURCE or (node.name in groups and groups[node.name].head == node.name):
             continue
         if get_op(node.op).kind == KERNEL:
-            kernels.append(_call_kernel(graph, node, pointer))
+            kernels.append(_call_kernel(graph, node, pointer, capacity))
             continue
         group = groups.get(node.name)
         if group is None or group.root != node.name or group in emitted:
             continue
         emitted.add(group)
         if group in updates:
-            kernels.append(_update_kernel(graph, group, pointer, updates[group], prefix))
+            kernels.append(_update_kernel(graph, group, pointer, updates[group], prefix, capacity))
         else:
             kernels.append(_loop_kernel(graph, group, pointer, prefix, capacity, product_in_place(graph, group, keep)))
     return kernels, pointers
@@ -160,7 +161,13 @@ def _update_in_gemm(graph, group, keep, capacity):
     return scaled_add(root) if adds_scaled(head, shapes) else None
 
 
-def _update_kernel(graph, group, pointer, alpha, prefix):
+def _one_thread(graph, node, capacity):
+    """Whether the routine of a KERNEL node never starts the OpenMP team."""
+    declared = get_op(node.op).one_thread
+    return bool(declared) and declared(node, [concrete(graph[i].shape, capacity) for i in node.inputs])
+
+
+def _update_kernel(graph, group, pointer, alpha, prefix, capacity):
     """The GEMM of `group` adding alpha times its product into the buffer the group updates."""
     head, root = graph[group.head], graph[group.root]
     target = root.attrs["writes"]
@@ -168,7 +175,7 @@ def _update_kernel(graph, group, pointer, alpha, prefix):
     return Kernel(name=f"{prefix}_{name}" if prefix else name, nodes=(head.name, root.name),
                   reads=(*head.inputs, target), writes=(root.name,),
                   call=get_op(head.op).c_call(KernelCall(head, graph, pointer, alpha=alpha)),
-                  runtime=get_op(root.op).runtime,
+                  runtime=get_op(root.op).runtime, one_thread=_one_thread(graph, head, capacity),
                   comment=f"{target} = {_expression_text(graph, root.name, {head.name})}  "
                           f"{_shape_text(root.shape)}, the product added by the GEMM")
 
@@ -182,7 +189,7 @@ RESERVED = set("""
     void volatile while int32_t int64_t uint32_t uint64_t size_t NULL INFINITY NAN
     n n_total lr t rt arena bad start total loss_total steps code order rows batch shuffle drop_last
     epilogue row0 col0 cols args row_offset inv_rows seed step
-    step_losses loss_sum kept stream j train_step shuffle_rows
+    step_losses loss_sum kept stream j train_step shuffle_rows next first later next_rows cur
     exp expf log logf sqrt sqrtf pow powf cos cosf tanh tanhf fabs fabsf memset memcpy
 """.split())
 
@@ -206,11 +213,12 @@ def _unique(name, taken):
     return candidate
 
 
-def _call_kernel(graph, node, pointer):
+def _call_kernel(graph, node, pointer, capacity):
     opdef = get_op(node.op)
     call = opdef.c_call(KernelCall(node, graph, pointer))
     return Kernel(name=f"{node.op}:{node.name}", nodes=(node.name,), reads=tuple(node.inputs),
                   writes=(node.name,), call=call, can_fail=opdef.failure is not None,
+                  one_thread=_one_thread(graph, node, capacity),
                   comment=f"{node.name} = {node.op}({', '.join(node.inputs)})  {_shape_text(node.shape)}")
 
 
@@ -294,6 +302,7 @@ def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True):
     return Kernel(name=name, nodes=((group.head,) if group.head else ()) + group.nodes, reads=tuple(reads),
                   epilogue=epilogue, writes=writes,
                   loops=loops, inputs=inputs, body=body, parallel=parallel, split_columns=split_columns,
+                  one_thread=_one_thread(graph, graph[group.head], capacity) if group.head else parallel is None,
                   stores=[(store, values[root.name])], accumulate=accumulate,
                   runtime=tuple(sorted(runtime)),
                   comment=f"{target or root.name} = {comment}  {_shape_text(root.shape)}"

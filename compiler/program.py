@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ir import Graph, numel
-from .lower import lower
+from .lower import PARALLEL_MIN_FLOATS, lower
 from .memory import aligned, plan_pinned, plan_program
 
 
@@ -45,7 +45,9 @@ class Program:
     capacity: int        # the batch size buffers are planned for
     arena_floats: int
     pinned_floats: int
-    staging: dict        # train feed -> arena offset of its batch staging buffer (fit)
+    # train feed -> arena offsets of its batch staging buffers (fit): two where fit gathers
+    # the next batch during a step (gather_overlaps), else one
+    staging: dict
     outputs: tuple
     loss: str
 
@@ -59,7 +61,7 @@ class Program:
         for entry in self.entries:
             for b in entry.buffers.values():
                 seen[(entry.name if b.kind in ("temporary", "activation") else "", b.node)] = b.size
-        return sum(seen.values()) + sum(_staging_size(self.train.graph, f, self.capacity) for f in self.staging)
+        return sum(seen.values()) + self._staging_floats()
 
     def bytes_by_kind(self):
         out = {}
@@ -68,12 +70,26 @@ class Program:
                 if b.kind in ("temporary", "activation") or entry is self.train:
                     key = b.kind if entry is self.train else f"{entry.name} {b.kind}"
                     out[key] = out.get(key, 0) + 4 * b.size
-        out["fit staging"] = 4 * sum(_staging_size(self.train.graph, f, self.capacity) for f in self.staging)
+        out["fit staging"] = 4 * self._staging_floats()
         return out
+
+    def _staging_floats(self):
+        return sum(len(offsets) * _staging_size(self.train.graph, f, self.capacity)
+                   for f, offsets in self.staging.items())
+
+    @property
+    def gather_overlaps(self):
+        """Whether fit's batches are big enough to gather on the team: then the threads that
+        a step leaves idle gather the next batch into the other staging buffers."""
+        return _gather_overlaps(self.train.graph, self.capacity)
 
 
 def _staging_size(graph, feed, capacity):
     return aligned(capacity * row_size(graph, feed))
+
+
+def _gather_overlaps(graph, capacity):
+    return capacity * sum(row_size(graph, f) for f in graph.inputs) >= PARALLEL_MIN_FLOATS
 
 
 def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacity: int, fusion=True,
@@ -85,8 +101,10 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
     pinned, top = plan_pinned(train, capacity, extra_state, keep_grads)
     staging = {}
     for feed in train.inputs:
-        staging[feed] = top
-        top += _staging_size(train, feed, capacity)
+        staging[feed] = ()
+        for _ in range(2 if _gather_overlaps(train, capacity) else 1):
+            staging[feed] += (top,)
+            top += _staging_size(train, feed, capacity)
     pinned_end = top
     entries = {}
     specs = (("train", train, (), train.loss),

@@ -61,6 +61,29 @@ def test_kernels_are_named_after_nodes_with_shape_comments():
     assert "-ffast-math" not in " ".join(nncc.runtime.build.FLAGS)
 
 
+def test_fit_runs_the_longest_one_thread_stretch_while_the_team_gathers():
+    """Between the forward GEMM and the weight update GEMM (both on the team), the classifier's
+    step runs only one-thread kernels (small GEMMs, the loss); fit's next batch is gathered
+    meanwhile. A batch too small to gather on the team keeps one staging buffer and no region."""
+    import re
+
+    from nncc.compiler.ops.linalg import GEMM_PARALLEL_MIN_FLOPS
+
+    src = nncc.compile(classifier.model(), outputs=["logits"], batch_size=64).source
+    step = src[src.index("static int train_step("):src.index("int nncc_train_step(")]
+    before, region = step.split("#pragma omp parallel if (next != NULL)")
+    alone, after = region.split("nncc_gather_rows(next);")
+    gemm = r"nncc_sgemm\w*\(\d, \d, (\w+), (\w+), (\w+),"
+    flops = [2 * np.prod([64 if d == "n" else int(d) for d in dims]) for dims in re.findall(gemm, alone)]
+    assert len(flops) == 2 and max(flops) < GEMM_PARALLEL_MIN_FLOPS
+    assert "nncc_xent_loss(" in alone and "nncc_xent_grad(" in alone
+    assert "784, 128, 784" not in alone and "nncc_sgemm_epilogue(0, 0, n, 128, 784" in before
+    assert "nncc_sgemm_update(1, 0, 784, 128, n" in after
+    assert "goto alone_done;" in alone and "return 1;" not in alone
+    small = nncc.compile(classifier.model(), outputs=["logits"], batch_size=8).source
+    assert "nncc_gather" not in small and "omp parallel if (next" not in small
+
+
 @pytest.mark.parametrize("compiler", ["gcc", "clang"])
 @pytest.mark.parametrize("example", ["classifier", "regression", "norm_dropout"])
 def test_the_emitted_c_compiles_without_a_warning(tmp_path, compiler, example):

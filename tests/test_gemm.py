@@ -211,6 +211,16 @@ def test_the_compiler_knows_the_gemm_k_block():
     assert re.search(r"#define NNCC_GEMM_KC (\d+)", gemm_text()).group(1) == str(GEMM_K_BLOCK)
 
 
+def test_the_compiler_knows_when_a_gemm_stays_on_one_thread():
+    """fit runs the GEMMs the compiler calls one-thread alone while other threads gather."""
+    import re
+
+    from nncc.compiler.ops.linalg import GEMM_PARALLEL_MIN_FLOPS
+
+    found = re.search(r"#define NNCC_GEMM_PAR_MIN_FLOPS ([\d.]+)", gemm_text()).group(1)
+    assert float(found) == GEMM_PARALLEL_MIN_FLOPS
+
+
 # Every operand ends at a page no one may touch; one process for all shapes, each printed
 # before its call, so that a crash names its shape.
 GUARD_SCRIPT = """

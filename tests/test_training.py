@@ -76,7 +76,7 @@ def test_fit_rejects_batches_larger_than_compiled():
 
 @pytest.mark.parametrize("wide", [False, True])
 def test_fit_reports_a_bad_label_by_its_row_in_the_callers_array(wide):
-    """Also where fit gathers the batches on the OpenMP team (wide)."""
+    """Also where the label check runs while other threads gather the next batch (wide)."""
     if wide:
         trainer = nncc.compile(classifier.model(), outputs=["logits"], batch_size=64)
         data, bad_row, bad_label = classifier.data(rows=200), 137, 10
@@ -289,8 +289,9 @@ def test_kernels_split_over_threads_give_the_same_bits_as_one_thread():
 
 
 def test_fit_gathers_batches_on_the_team_with_the_same_bits_as_one_thread():
-    """784 features x 64 rows is past NNCC_PARALLEL_MIN_FLOATS: fit gathers each batch on the
-    OpenMP team; the epoch must not depend on the thread count."""
+    """784 features x 64 rows is past NNCC_PARALLEL_MIN_FLOATS: fit gathers the next batch on
+    the threads that a step's one-thread kernels leave idle; the epoch must not depend on the
+    thread count."""
     data = classifier.data(rows=400, seed=5)
 
     def run():
@@ -310,7 +311,7 @@ def test_fit_gathers_batches_on_the_team_with_the_same_bits_as_one_thread():
 
 
 def test_fit_trains_each_batch_as_step_does():
-    """fit's batches, gathered on the team into its staging buffers, are the batches in
+    """fit's double-buffered batches (the next gathered during a step) are the batches in
     order, the last one partial: bitwise the losses and weights of step() on slices."""
     data = classifier.data(rows=300, seed=2)
     fitted, stepped = (nncc.compile(classifier.model(), outputs=["logits"], optimizer=nncc.SGD(lr=0.05),

@@ -44,6 +44,16 @@ def _matmul_grad(b, node, gy):
 GEMM_K_BLOCK = 512
 
 
+# Below this many flops (2*M*N*K) a GEMM runs on the calling thread:
+# NNCC_GEMM_PAR_MIN_FLOPS in templates/kernels/gemm.c.j2 (a test checks that they agree).
+GEMM_PARALLEL_MIN_FLOPS = 1_000_000
+
+
+def _one_thread(node, shapes):
+    (m, n), inner = _matmul_shape(node, shapes), _inner(node, shapes)
+    return 2 * m * n * inner < GEMM_PARALLEL_MIN_FLOPS
+
+
 def _inner(node, shapes):
     return shapes[0][0] if node.attrs["trans_a"] else shapes[0][1]
 
@@ -77,6 +87,7 @@ register(OpDef(
     reference=lambda ctx, node, a, b: _mat(a, node.attrs["trans_a"]) @ _mat(b, node.attrs["trans_b"]),
     grad=_matmul_grad, c_call=_matmul_call, library="gemm", samples=_matmul_samples, takes_epilogue=True,
     adds_scaled=lambda node, shapes: _inner(node, shapes) <= GEMM_K_BLOCK,
+    one_thread=_one_thread,
     doc="a @ b for 2-D operands; a weight is (in, out). trans_a/trans_b transpose an operand.",
 ))
 

@@ -6,7 +6,7 @@ cross-entropy: the rows; for MSE: all elements), "sum" does not.
 import numpy as np
 
 from ..errors import FeedError
-from .registry import ELEMENTWISE, KERNEL, OpDef, register, shape_error
+from .registry import always, ELEMENTWISE, KERNEL, OpDef, register, shape_error
 from .softmax import rows_and_cols, softmax_reference
 
 REDUCTIONS = ("mean", "sum")
@@ -51,6 +51,7 @@ register(OpDef(
     reference=lambda ctx, node, p, t: _mean_or_sum(node, np.sum((p - t) ** 2), p.size),
     grad=_mse_grad,
     c_call=_mse_call, library="losses",
+    one_thread=always,
     samples=lambda rng: [([rng.normal(size=(4, 3)), rng.normal(size=(4, 3))], {"reduction": r}) for r in REDUCTIONS],
     doc="mean (or sum) of squared differences, as torch.nn.MSELoss.",
 ))
@@ -122,6 +123,7 @@ register(OpDef(
     grad=lambda b, node, gy: [b.op("softmax_cross_entropy_grad", *node.inputs, gy,
                                    reduction=node.attrs["reduction"]), None],
     c_call=_xent_call, library=("softmax", "cross_entropy"), failure=_bad_label, samples=_xent_samples,
+    one_thread=always,
     doc="cross-entropy of softmax(logits) against int32 class ids, as torch.nn.CrossEntropyLoss.",
 ))
 
@@ -129,6 +131,7 @@ register(OpDef(
     name="softmax_cross_entropy_grad", arity=3, kind=KERNEL, attrs={"reduction": "mean"},
     shape=_xent_shape, int_inputs=(1,), reference=_xent_grad_reference,
     c_call=_xent_grad_call, library=("softmax", "cross_entropy"), failure=_bad_label,
+    one_thread=always,
     samples=lambda rng: [(case[0] + [rng.normal(size=())], case[1]) for case in _xent_samples(rng)],
     doc="(softmax(logits) - onehot(labels)) * gy, divided by the rows for mean.",
 ))

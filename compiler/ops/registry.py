@@ -55,6 +55,10 @@ class OpDef:
     # alpha times its result into the output buffer, rounding each element exactly as
     # storing the result and then applying a `scaled_add` would (c_call sees ctx.alpha).
     adds_scaled: Callable | None = None
+    # KERNEL: (node, input shapes at the batch capacity) -> whether its routine runs on the
+    # calling thread alone for any rows up to the capacity (never starts the OpenMP team):
+    # fit then runs it on one thread while the others gather the next batch. None: it may.
+    one_thread: Callable | None = None
     int_inputs: tuple = ()  # input slots that take int32 (class labels); the rest take float32
     # The C routine returns 0, or 1 + the row of a bad value (labels out of range);
     # failure(graph, node, row, feeds) builds the exception the user sees.
@@ -73,6 +77,11 @@ class OpDef:
 
 
 REGISTRY: dict[str, OpDef] = {}
+
+
+def always(node, shapes):
+    """A `one_thread` for routines without any OpenMP in them."""
+    return True
 
 
 def register(opdef: OpDef) -> OpDef:

@@ -1,7 +1,7 @@
 """softmax over the last axis, and its companion gradient op."""
 import numpy as np
 
-from .registry import KERNEL, OpDef, register, shape_error
+from .registry import always, KERNEL, OpDef, register, shape_error
 
 
 def softmax_reference(x):
@@ -41,6 +41,7 @@ register(OpDef(
     reference=lambda ctx, node, x: softmax_reference(x),
     grad=lambda b, node, gy: [b.op("softmax_grad", node.name, gy)],
     c_call=_softmax_call, library="softmax",
+    one_thread=always,
     samples=lambda rng: [([rng.normal(size=s) * 3], {}) for s in [(4, 5), (2, 3, 4), (7,)]],
     doc="exp(x) / sum(exp(x)) over the last axis, computed stably (max subtracted first).",
 ))
@@ -49,6 +50,7 @@ register(OpDef(
     name="softmax_grad", arity=2, kind=KERNEL, shape=_last_axis_shape,
     reference=lambda ctx, node, y, gy: y * (gy - np.sum(gy * y, axis=-1, keepdims=True)),
     c_call=_softmax_grad_call, library="softmax",
+    one_thread=always,
     samples=lambda rng: [([softmax_reference(rng.normal(size=(4, 5))), rng.normal(size=(4, 5))], {})],
     doc="y * (gy - sum(gy * y)) over the last axis, with y = softmax(x).",
 ))
