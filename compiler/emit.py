@@ -11,7 +11,7 @@ from importlib import resources
 import jinja2
 
 from .ir import numel
-from .lower import PARALLEL_MIN_FLOATS, dim
+from .lower import PARALLEL_MIN_FLOATS, alone_run, dim
 from .ops import get_op
 from .program import Entry, Program, row_size
 from .random import SHUFFLE_KEY
@@ -74,7 +74,7 @@ def _entry_view(entry: Entry, program: Program):
     buffers = [{"pointer": entry.pointers[b.node], "offset": b.offset, "kind": b.kind,
                 "shape": "[" + ", ".join(dim(d) for d in g[b.node].shape) + "]", "node": b.node}
                for b in entry.used_buffers()]
-    overlap = _alone_run(entry.kernels) if entry is program.train and program.gather_overlaps else None
+    overlap = alone_run(entry.kernels) if entry is program.train and program.gather_overlaps else None
     steps, error_code = [], 0
     for k, kernel in enumerate(entry.kernels):
         step = {"comment": kernel.comment}
@@ -87,7 +87,7 @@ def _entry_view(entry: Entry, program: Program):
             step["statement"] = f"{kernel.name}({', '.join(args)});"
         elif kernel.can_fail:
             error_code += 1
-            # inside the run alone (see _alone_run) the thread leaves through the team's end
+            # inside the run alone (see lower.alone_run) the thread leaves through the team's end
             fail = (f"code = {error_code}; goto alone_done;" if overlap and overlap[0] <= k < overlap[1]
                     else f"return {error_code};")
             step["statement"] = f"if ((bad = {kernel.call}) != 0) {{ rt->error_index = bad - 1; {fail} }}"
@@ -113,19 +113,6 @@ def _entry_view(entry: Entry, program: Program):
             "runtime": [{"name": r, "ctype": RUNTIME_SCALARS[r][0], "value": RUNTIME_SCALARS[r][1],
                          "doc": RUNTIME_SCALARS[r][2]}
                         for r in sorted({r for k in entry.kernels for r in k.runtime})]}
-
-
-def _alone_run(kernels):
-    """[start, stop) of the longest run of kernels that never start the OpenMP team (the
-    first of equals; empty at 0 when there is none): fit's train step runs them on one thread
-    while the other threads gather the next batch."""
-    best, start = (0, 0), 0
-    for k, kernel in enumerate(kernels + [None]):
-        if kernel is None or not kernel.one_thread:
-            if k - start > best[1] - best[0]:
-                best = (start, k)
-            start = k + 1
-    return best
 
 
 def _loop_view(kernel):

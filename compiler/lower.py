@@ -145,6 +145,45 @@ def lower(graph: Graph, keep, fusion=True, prefix=None, capacity=1):
     return kernels, pointers
 
 
+def alone_run(kernels):
+    """[start, stop) of the longest run of kernels that never start the OpenMP team (the
+    first of equals; empty at 0 when there is none): fit's train step runs them on one thread
+    while the other threads gather the next batch."""
+    best, start = (0, 0), 0
+    for k, kernel in enumerate([*kernels, None]):
+        if kernel is None or not kernel.one_thread:
+            if k - start > best[1] - best[0]:
+                best = (start, k)
+            start = k + 1
+    return best
+
+
+def lengthen_alone_run(graph, kernels):
+    """`kernels` with every later one-thread kernel that may run earlier moved to the end of
+    the longest one-thread run: it may when no kernel it passes writes a buffer it reads,
+    or reads or writes a buffer it writes. (W2: the updates of fc1.b, fc2.W and fc2.b join
+    the head of the backward pass, ahead of fc1.W's update on the team.)"""
+    order = list(kernels)
+    end, k = alone_run(order)[1], alone_run(order)[1] + 1
+    if end == 0:
+        return order
+    while k < len(order):
+        kernel = order[k]
+        if kernel.one_thread and not any(_conflict(graph, kernel, other) for other in order[end:k]):
+            order.insert(end, order.pop(k))
+            end += 1
+        k += 1
+    return order
+
+
+def _conflict(graph, a, b):
+    def buffers(names):  # an in-place write lands in its target's buffer
+        return {graph[n].attrs.get("writes") or n for n in names}
+
+    a_reads, a_writes, b_reads, b_writes = (buffers(x) for x in (a.reads, a.writes, b.reads, b.writes))
+    return bool(a_reads & b_writes or a_writes & (b_reads | b_writes))
+
+
 def _update_in_gemm(graph, group, keep, capacity):
     """alpha, when an epilogue group is a single node computing T + alpha * product into T's
     own buffer (an SGD step: W - lr * dW) and the product's routine can add into T itself,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ir import Graph, numel
-from .lower import PARALLEL_MIN_FLOATS, lower
+from .lower import PARALLEL_MIN_FLOATS, lengthen_alone_run, lower
 from .memory import aligned, plan_pinned, plan_program
 
 
@@ -116,6 +116,8 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
         keep = set(outputs) | ({loss} if loss else set())
         prefix = None if name == "train" else name
         kernels, pointers = lower(graph, keep | set(pinned), fusion=fusion, prefix=prefix, capacity=capacity)
+        if name == "train" and _gather_overlaps(train, capacity):
+            kernels = lengthen_alone_run(graph, kernels)
         planned, end = plan_program(graph, kernels, pinned, pinned_end, capacity, keep)
         buffers = {**{k: v for k, v in pinned.items() if k in graph.nodes}, **planned}
         for node in graph:  # in-place writes land in their target's buffer

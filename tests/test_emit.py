@@ -63,8 +63,9 @@ def test_kernels_are_named_after_nodes_with_shape_comments():
 
 def test_fit_runs_the_longest_one_thread_stretch_while_the_team_gathers():
     """Between the forward GEMM and the weight update GEMM (both on the team), the classifier's
-    step runs only one-thread kernels (small GEMMs, the loss); fit's next batch is gathered
-    meanwhile. A batch too small to gather on the team keeps one staging buffer and no region."""
+    step runs only one-thread kernels (small GEMMs, the loss, and the small params' updates,
+    moved up from after fc1.W's update to join them); fit's next batch is gathered meanwhile.
+    A batch too small to gather on the team keeps one staging buffer and no region."""
     import re
 
     from nncc.compiler.ops.linalg import GEMM_PARALLEL_MIN_FLOPS
@@ -75,13 +76,37 @@ def test_fit_runs_the_longest_one_thread_stretch_while_the_team_gathers():
     alone, after = region.split("nncc_gather_rows(next);")
     gemm = r"nncc_sgemm\w*\(\d, \d, (\w+), (\w+), (\w+),"
     flops = [2 * np.prod([64 if d == "n" else int(d) for d in dims]) for dims in re.findall(gemm, alone)]
-    assert len(flops) == 2 and max(flops) < GEMM_PARALLEL_MIN_FLOPS
+    assert len(flops) == 3 and max(flops) < GEMM_PARALLEL_MIN_FLOPS
+    assert "update_fc1_b(" in alone and "update_logits_b(" in alone and not re.findall(r"\bupdate_\w+\(", after)
     assert "nncc_xent_loss(" in alone and "nncc_xent_grad(" in alone
     assert "784, 128, 784" not in alone and "nncc_sgemm_epilogue(0, 0, n, 128, 784" in before
     assert "nncc_sgemm_update(1, 0, 784, 128, n" in after
     assert "goto alone_done;" in alone and "return 1;" not in alone
     small = nncc.compile(classifier.model(), outputs=["logits"], batch_size=8).source
     assert "nncc_gather" not in small and "omp parallel if (next" not in small
+
+
+def test_one_thread_kernels_move_up_only_past_kernels_they_do_not_depend_on():
+    from types import SimpleNamespace
+
+    from nncc.compiler.lower import Kernel, lengthen_alone_run
+
+    graph = {n: SimpleNamespace(attrs={}) for n in "abcdefghw"}
+    graph["w"].attrs["writes"] = "a"  # an in-place update of a
+
+    def k(name, reads, writes, one_thread=True):
+        return Kernel(name=name, nodes=(name,), reads=tuple(reads), writes=tuple(writes), comment="",
+                      one_thread=one_thread)
+
+    team = k("team", "b", "c", one_thread=False)      # after the run: reads b, writes c
+    kernels = [*(k(f"head{i}", "x", "b") for i in range(5)), team,  # the longest run: 5
+               k("free", "b", "d"),                     # reads b: may pass team
+               k("needs_c", "c", "e"),                  # reads what team writes: stays
+               k("clobbers_b", "d", "b"),               # writes what team reads: stays
+               k("in_place", "d", "w"),                 # writes a: independent of team: moves
+               k("multi", "d", "f", one_thread=False)]  # on the team: stays
+    order = [kernel.name for kernel in lengthen_alone_run(graph, kernels)]
+    assert order[5:] == ["free", "in_place", "team", "needs_c", "clobbers_b", "multi"]
 
 
 @pytest.mark.parametrize("compiler", ["gcc", "clang"])
