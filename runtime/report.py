@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from nncc.compiler.lower import alone_run
 from nncc.compiler.ops import SOURCE, get_op
 
 
@@ -22,6 +23,7 @@ class Report:
     cache_key: str = ""
     library: str = ""
     openmp: bool = True           # built with OpenMP; else every kernel runs on one thread
+    alone: tuple = ()             # the train step's kernels during which fit gathers the next batch
 
     def __str__(self):
         lines = [f"nncc: model {self.model!r}"]
@@ -41,6 +43,9 @@ class Report:
         for entry, name, nodes, _ in self.kernels:
             if len(nodes) > 1:
                 lines.append(f"    {entry:<5} {name}: {' + '.join(nodes)}")
+        if self.alone:
+            lines.append(f"  fit              the next batch is gathered on the idle threads while one runs "
+                         f"{len(self.alone)} one-thread kernels: {', '.join(self.alone)}")
         lines.append(f"  arena            {_kib(self.arena_bytes)} (naive sum of buffers {_kib(self.naive_bytes)})")
         for kind, size in sorted(self.bytes_by_kind.items()):
             lines.append(f"    {kind:<20}{_kib(size):>12}")
@@ -66,10 +71,11 @@ def make_report(model, program, timings):
         if get_op(node.op).kind != SOURCE:
             counters[node.phase][node.op] += 1
     kernels = [(entry.name, _kernel_label(k), k.nodes, k.comment) for entry in program.entries for k in entry.kernels]
+    start, stop = alone_run(program.train.kernels) if program.gather_overlaps else (0, 0)
     return Report(model=model, forward_ops=counters["forward"], backward_ops=counters["backward"],
                   update_ops=counters["update"], kernels=kernels, arena_bytes=4 * program.arena_floats,
                   naive_bytes=4 * program.naive_floats(), bytes_by_kind=program.bytes_by_kind(),
-                  timings=dict(timings))
+                  timings=dict(timings), alone=tuple(_kernel_label(k) for k in program.train.kernels[start:stop]))
 
 
 def _kernel_label(kernel):

@@ -70,7 +70,9 @@ def test_fit_runs_the_longest_one_thread_stretch_while_the_team_gathers():
 
     from nncc.compiler.ops.linalg import GEMM_PARALLEL_MIN_FLOPS
 
-    src = nncc.compile(classifier.model(), outputs=["logits"], batch_size=64).source
+    trainer = nncc.compile(classifier.model(), outputs=["logits"], batch_size=64)
+    src = trainer.source
+    assert "while one runs 10 one-thread kernels: fwd_logits, nncc_xent_loss," in str(trainer.report)
     step = src[src.index("static int train_step("):src.index("int nncc_train_step(")]
     before, region = step.split("#pragma omp parallel if (next != NULL)")
     alone, after = region.split("nncc_gather_rows(next);")
@@ -82,8 +84,9 @@ def test_fit_runs_the_longest_one_thread_stretch_while_the_team_gathers():
     assert "784, 128, 784" not in alone and "nncc_sgemm_epilogue(0, 0, n, 128, 784" in before
     assert "nncc_sgemm_update(1, 0, 784, 128, n" in after
     assert "goto alone_done;" in alone and "return 1;" not in alone
-    small = nncc.compile(classifier.model(), outputs=["logits"], batch_size=8).source
-    assert "nncc_gather" not in small and "omp parallel if (next" not in small
+    small = nncc.compile(classifier.model(), outputs=["logits"], batch_size=8)
+    assert "nncc_gather" not in small.source and "omp parallel if (next" not in small.source
+    assert "one-thread kernels" not in str(small.report)
 
 
 def test_one_thread_kernels_move_up_only_past_kernels_they_do_not_depend_on():
