@@ -164,9 +164,10 @@ def lengthen_alone_run(graph, kernels):
     or reads or writes a buffer it writes. (W2: the updates of fc1.b, fc2.W and fc2.b join
     the head of the backward pass, ahead of fc1.W's update on the team.)"""
     order = list(kernels)
-    end, k = alone_run(order)[1], alone_run(order)[1] + 1
+    end = alone_run(order)[1]
     if end == 0:
         return order
+    k = end + 1  # order[end] starts the team
     while k < len(order):
         kernel = order[k]
         if kernel.one_thread and not any(_conflict(graph, kernel, other) for other in order[end:k]):
