@@ -99,12 +99,12 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
     accumulate, apply = accumulation or (None, None)
     extra_state = [(s, accumulate[s]) for s in accumulate.state] if accumulate else []
     pinned, top = plan_pinned(train, capacity, extra_state, keep_grads)
+    overlaps = _gather_overlaps(train, capacity)
     staging = {}
     for feed in train.inputs:
-        staging[feed] = ()
-        for _ in range(2 if _gather_overlaps(train, capacity) else 1):
-            staging[feed] += (top,)
-            top += _staging_size(train, feed, capacity)
+        size, copies = _staging_size(train, feed, capacity), 2 if overlaps else 1
+        staging[feed] = tuple(top + i * size for i in range(copies))
+        top += copies * size
     pinned_end = top
     entries = {}
     specs = (("train", train, (), train.loss),
@@ -116,7 +116,7 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
         keep = set(outputs) | ({loss} if loss else set())
         prefix = None if name == "train" else name
         kernels, pointers = lower(graph, keep | set(pinned), fusion=fusion, prefix=prefix, capacity=capacity)
-        if name == "train" and _gather_overlaps(train, capacity):
+        if name == "train" and overlaps:
             kernels = lengthen_alone_run(graph, kernels)
         planned, end = plan_program(graph, kernels, pinned, pinned_end, capacity, keep)
         buffers = {**{k: v for k, v in pinned.items() if k in graph.nodes}, **planned}
