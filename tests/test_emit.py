@@ -85,7 +85,8 @@ def test_fit_runs_the_longest_one_thread_stretch_while_the_team_gathers():
     assert "nncc_sgemm_update(1, 0, 784, 128, n" in after
     assert "goto alone_done;" in alone and "return 1;" not in alone
     small = nncc.compile(classifier.model(), outputs=["logits"], batch_size=8)
-    assert "nncc_gather" not in small.source and "omp parallel if (next" not in small.source
+    assert "nncc_gather *next" not in small.source and "omp parallel if (next" not in small.source
+    assert "float *const x_batch[] = {(float *)(arena + " in small.source and "cur ^ 1" not in small.source
     assert "one-thread kernels" not in str(small.report)
 
 
