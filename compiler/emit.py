@@ -11,10 +11,11 @@ from importlib import resources
 import jinja2
 
 from .ir import numel
-from .lower import PARALLEL_MIN_FLOATS, alone_run, dim
+from .lower import PARALLEL_MIN_FLOATS, dim
 from .ops import get_op
 from .program import Entry, Program, row_size
 from .random import SHUFFLE_KEY
+from .threads import alone_run
 
 PRELUDE_LIBRARIES = ("vmath", "schedule", "random")  # always included: expressions call into them
 # The GEMM's files in templates/kernels, in the order they are put together (declarations
@@ -55,6 +56,8 @@ def _params(kernel):
     (an epilogue reads the product from, and writes the result to, the same buffer)."""
     out_ptrs = {op.pointer for op, _ in kernel.stores}
     params = [(RUNTIME_SCALARS[r][0], r) for r in kernel.runtime]
+    if kernel.team == "rows":  # this thread's rows of the batch (an epilogue's end comes from the GEMM)
+        params = [("int64_t", "row_lo"), *([] if kernel.epilogue else [("int64_t", "row_hi")]), *params]
     for op, _ in kernel.inputs:
         if any(op.pointer == p for _, p in params):
             continue
@@ -87,10 +90,14 @@ def _entry_view(entry: Entry, program: Program):
             step["statement"] = f"{kernel.name}({', '.join(args)});"
         elif kernel.can_fail:
             error_code += 1
-            # inside the run alone (see lower.alone_run) the thread leaves through the team's end
+            # inside the run alone (see threads.alone_run) the thread leaves through the team's
+            # end; in a team step every thread leaves after the barrier that follows
             fail = (f"code = {error_code}; goto alone_done;" if overlap and overlap[0] <= k < overlap[1]
-                    else f"return {error_code};")
+                    else f"code = {error_code};" if entry.team_barriers else f"return {error_code};")
             step["statement"] = f"if ((bad = {kernel.call}) != 0) {{ rt->error_index = bad - 1; {fail} }}"
+        elif kernel.team == "share":
+            step["statement"] = (f"{{ int64_t lo, hi; nncc_thread_share({kernel.share}, NNCC_TEAM_MIN_ROWS, &lo, &hi); "
+                                 f"{kernel.call}; }}")
         else:
             step["statement"] = f"{kernel.call};"
         steps.append(step)
@@ -105,6 +112,9 @@ def _entry_view(entry: Entry, program: Program):
             "overlap": overlap and {"before": steps[:overlap[0]], "alone": steps[overlap[0]:overlap[1]],
                                     "after": steps[overlap[1]:],
                                     "fails": any(k.can_fail for k in entry.kernels[overlap[0]:overlap[1]])},
+            "team": entry.team_barriers is not None and {
+                "blocks": _team_blocks(entry, steps), "rows": any(k.team == "rows" for k in entry.kernels),
+                "single": any(k.team == "single" for k in entry.kernels)},
             "can_fail": error_code > 0, "outputs": outputs,
             "signature": f"int nncc_{entry.name}(nncc_runtime *rt, float *arena, int64_t n_total{args})",
             "loss": entry.loss, "loss_pointer": entry.pointers.get(entry.loss),
@@ -113,6 +123,21 @@ def _entry_view(entry: Entry, program: Program):
             "runtime": [{"name": r, "ctype": RUNTIME_SCALARS[r][0], "value": RUNTIME_SCALARS[r][1],
                          "doc": RUNTIME_SCALARS[r][2]}
                         for r in sorted({r for k in entry.kernels for r in k.runtime})]}
+
+
+def _team_blocks(entry, steps):
+    """A team step's statements in blocks: each starts after a barrier (or not), runs on
+    every thread or on the first, and checks for a failure before it where one may have
+    happened."""
+    blocks = []
+    for k, (kernel, step) in enumerate(zip(entry.kernels, steps)):
+        barrier, single = entry.team_barriers[k], kernel.team == "single"
+        if blocks and not barrier and blocks[-1]["single"] == single:
+            blocks[-1]["steps"].append(step)
+        else:
+            blocks.append({"barrier": barrier, "single": single, "steps": [step],
+                           "check": k > 0 and entry.kernels[k - 1].can_fail})
+    return blocks
 
 
 def _loop_view(kernel):
@@ -162,6 +187,7 @@ def emit(program: Program, model_name="model") -> CSource:
         "apply": program.apply and _entry_view(program.apply, program),
         "shuffle_key": SHUFFLE_KEY,
         "parallel_min_floats": PARALLEL_MIN_FLOATS,
+        "team_rows": program.team_rows,
     }
     declarations = ENV.get_template("declarations.h.j2").render(context)
     header = ENV.get_template("module.h.j2").render(context, declarations=declarations)

@@ -69,6 +69,11 @@ class Kernel:
     runtime: tuple = ()
     epilogue: str | None = None  # the GEMM call that runs this loop on its output blocks
     one_thread: bool = False  # never starts the OpenMP team (rows up to the capacity)
+    # In a team step (see compiler/team.py), who runs the kernel: "rows" every thread, on its
+    # rows of the batch (row_lo, row_hi); "share" every thread, on its share of the `share`
+    # rows of the output (lo, hi); "single" the first thread. None: not a team step.
+    team: str | None = None
+    share: str | None = None
     # routine calls
     call: str | None = None
     can_fail: bool = False
@@ -81,9 +86,10 @@ class Kernel:
 class KernelCall:
     """What an op's `c_call` sees."""
 
-    def __init__(self, node, graph, pointer, epilogue=None, alpha=None):
+    def __init__(self, node, graph, pointer, epilogue=None, alpha=None, rows=None):
         self.epilogue = epilogue  # name of a loop kernel to run on the output blocks
         self.alpha = alpha        # add alpha (a C expression) times the result into `out`
+        self.rows = rows          # (lo, hi): compute only these rows of the output (splits_rows)
         self.attrs = node.attrs
         self.args = [pointer(i) for i in node.inputs]
         self.in_shapes = [graph[i].shape for i in node.inputs]
@@ -102,10 +108,11 @@ class KernelCall:
 PHASE_PREFIX = {"forward": "fwd", "backward": "bwd", "update": "upd"}
 
 
-def lower(graph: Graph, keep, fusion=True, prefix=None, capacity=1):
+def lower(graph: Graph, keep, fusion=True, prefix=None, capacity=1, team=False):
     """Kernels of `graph` in execution order. `keep`: nodes that must be materialised;
     `capacity`: the most rows a call can have (loops that never reach PARALLEL_MIN_FLOATS
-    at that size stay serial, without even a run-time test).
+    at that size stay serial, without even a run-time test); `team`: kernels for a team
+    step (compiler/team.py), each run on its rows of the batch where it can.
 
     Loop kernels are named <phase>_<root node> (phase fwd, bwd, upd) or update_<target>
     for in-place writes; `prefix` (the entry, for entries other than the train step) goes
@@ -132,57 +139,18 @@ def lower(graph: Graph, keep, fusion=True, prefix=None, capacity=1):
         if get_op(node.op).kind == SOURCE or (node.name in groups and groups[node.name].head == node.name):
             continue
         if get_op(node.op).kind == KERNEL:
-            kernels.append(_call_kernel(graph, node, pointer, capacity))
+            kernels.append(_call_kernel(graph, node, pointer, capacity, team))
             continue
         group = groups.get(node.name)
         if group is None or group.root != node.name or group in emitted:
             continue
         emitted.add(group)
         if group in updates:
-            kernels.append(_update_kernel(graph, group, pointer, updates[group], prefix, capacity))
+            kernels.append(_update_kernel(graph, group, pointer, updates[group], prefix, capacity, team))
         else:
-            kernels.append(_loop_kernel(graph, group, pointer, prefix, capacity, product_in_place(graph, group, keep)))
+            kernels.append(_loop_kernel(graph, group, pointer, prefix, capacity, product_in_place(graph, group, keep),
+                                        team))
     return kernels, pointers
-
-
-def alone_run(kernels):
-    """[start, stop) of the longest run of kernels that never start the OpenMP team (the
-    first of equals; empty at 0 when there is none): fit's train step runs them on one thread
-    while the other threads gather the next batch."""
-    best, start = (0, 0), 0
-    for k, kernel in enumerate([*kernels, None]):
-        if kernel is None or not kernel.one_thread:
-            if k - start > best[1] - best[0]:
-                best = (start, k)
-            start = k + 1
-    return best
-
-
-def lengthen_alone_run(graph, kernels):
-    """`kernels` with every later one-thread kernel that may run earlier moved to the end of
-    the longest one-thread run: it may when no kernel it passes writes a buffer it reads,
-    or reads or writes a buffer it writes. (W2: the updates of fc1.b, fc2.W and fc2.b join
-    the head of the backward pass, ahead of fc1.W's update on the team.)"""
-    order = list(kernels)
-    end = alone_run(order)[1]
-    if end == 0:
-        return order
-    k = end + 1  # order[end] starts the team
-    while k < len(order):
-        kernel = order[k]
-        if kernel.one_thread and not any(_conflict(graph, kernel, other) for other in order[end:k]):
-            order.insert(end, order.pop(k))
-            end += 1
-        k += 1
-    return order
-
-
-def _conflict(graph, a, b):
-    def buffers(names):  # an in-place write lands in its target's buffer
-        return {graph[n].attrs.get("writes") or n for n in names}
-
-    a_reads, a_writes, b_reads, b_writes = (buffers(x) for x in (a.reads, a.writes, b.reads, b.writes))
-    return bool(a_reads & b_writes or a_writes & (b_reads | b_writes))
 
 
 def _update_in_gemm(graph, group, keep, capacity):
@@ -207,15 +175,17 @@ def _one_thread(graph, node, capacity):
     return bool(declared) and declared(node, [concrete(graph[i].shape, capacity) for i in node.inputs])
 
 
-def _update_kernel(graph, group, pointer, alpha, prefix, capacity):
+def _update_kernel(graph, group, pointer, alpha, prefix, capacity, team):
     """The GEMM of `group` adding alpha times its product into the buffer the group updates."""
     head, root = graph[group.head], graph[group.root]
     target = root.attrs["writes"]
     name = f"update_{c_name(target)}"
+    placement, share, rows = _team_placement(graph, head, team)
     return Kernel(name=f"{prefix}_{name}" if prefix else name, nodes=(head.name, root.name),
                   reads=(*head.inputs, target), writes=(root.name,),
-                  call=get_op(head.op).c_call(KernelCall(head, graph, pointer, alpha=alpha)),
+                  call=get_op(head.op).c_call(KernelCall(head, graph, pointer, alpha=alpha, rows=rows)),
                   runtime=get_op(root.op).runtime, one_thread=_one_thread(graph, head, capacity),
+                  team=placement, share=share,
                   comment=f"{target} = {_expression_text(graph, root.name, {head.name})}  "
                           f"{_shape_text(root.shape)}, the product added by the GEMM")
 
@@ -228,7 +198,7 @@ RESERVED = set("""
     int long register restrict return short signed sizeof static struct switch typedef union unsigned
     void volatile while int32_t int64_t uint32_t uint64_t size_t NULL INFINITY NAN
     n n_total lr t rt arena bad start total loss_total steps code order rows batch shuffle drop_last
-    epilogue row0 col0 cols args row_offset inv_rows seed step
+    epilogue row0 col0 cols args row_offset inv_rows seed step row_lo row_hi lo hi thread
     step_losses loss_sum kept stream j train_step shuffle_rows next first later next_rows cur these
     exp expf log logf sqrt sqrtf pow powf cos cosf tanh tanhf fabs fabsf memset memcpy
 """.split())
@@ -253,12 +223,26 @@ def _unique(name, taken):
     return candidate
 
 
-def _call_kernel(graph, node, pointer, capacity):
+def _team_placement(graph, node, team):
+    """(team, share, rows) of a KERNEL node's call in a team step: a routine that splits its
+    output rows runs on each thread's rows of the batch when its output has them, else on
+    each thread's share of its output rows; any other runs on one thread."""
+    if not team:
+        return None, None, None
+    if not get_op(node.op).splits_rows:
+        return "single", None, None
+    if node.shape[0] == BATCH and not any(graph[i].shape[0] == BATCH for i in node.inputs[1:]):
+        return "rows", None, ("row_lo", "row_hi")
+    return "share", dim(node.shape[0]), ("lo", "hi")
+
+
+def _call_kernel(graph, node, pointer, capacity, team):
     opdef = get_op(node.op)
-    call = opdef.c_call(KernelCall(node, graph, pointer))
+    placement, share, rows = _team_placement(graph, node, team)
+    call = opdef.c_call(KernelCall(node, graph, pointer, rows=rows))
     return Kernel(name=f"{node.op}:{node.name}", nodes=(node.name,), reads=tuple(node.inputs),
                   writes=(node.name,), call=call, can_fail=opdef.failure is not None,
-                  one_thread=_one_thread(graph, node, capacity),
+                  one_thread=_one_thread(graph, node, capacity), team=placement, share=share,
                   comment=f"{node.name} = {node.op}({', '.join(node.inputs)})  {_shape_text(node.shape)}")
 
 
@@ -266,7 +250,7 @@ def _shape_text(shape):
     return "[" + ", ".join(dim(d) for d in shape) + "]"
 
 
-def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True):
+def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True, team=False):
     members = set(group.nodes)
     root = graph[group.root]
     shape = iteration_shape(graph, root)
@@ -275,13 +259,24 @@ def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True):
         for src in graph[name].inputs:
             if src not in members and src not in reads and not is_inlined_constant(graph[src]):
                 reads.append(src)
+    placement = rows = None
     if group.head:  # an epilogue runs on blocks [row0, row0 + rows) x [col0, col0 + cols)
+        placement, _, rows = _team_placement(graph, graph[group.head], team)
+        if placement == "share":  # the epilogue knows rows of the batch only
+            placement, rows = "single", None
+        # of the GEMM's output, which starts at row row_lo of the batch in a team step
+        first = "row_lo + row0" if placement == "rows" else "row0"
         extents = [(dim(shape[0]), [0]), (dim(shape[1]), [1])]
-        loops = [Loop("i0", "row0 + rows", "row0"), Loop("i1", "col0 + cols", "col0")]
+        loops = [Loop("i0", f"{first} + rows", first), Loop("i1", "col0 + cols", "col0")]
     else:
         patterns = [_pattern(shape, graph[r].shape) for r in reads] + [_pattern(shape, root.shape)]
         extents = _collapse(shape, patterns)
         loops = [Loop(f"i{k}", ext) for k, (ext, _) in enumerate(extents)]
+        if team:  # the first loop runs over whole rows of the batch: this thread's rows
+            placement = "rows" if shape[0] == BATCH and get_op(root.op).kind != REDUCE else "single"
+            if placement == "rows":
+                rest = extents[0][0][len(dim(BATCH)):]  # "n * 64" -> " * 64"
+                loops[0] = Loop("i0", f"row_hi{rest}", f"row_lo{rest}")
 
     def index_of(node_shape):
         pattern = _pattern(shape, node_shape)
@@ -324,7 +319,7 @@ def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True):
     epilogue = None
     if group.head:
         head = graph[group.head]
-        epilogue = get_op(head.op).c_call(KernelCall(head, graph, pointer, epilogue=name))
+        epilogue = get_op(head.op).c_call(KernelCall(head, graph, pointer, epilogue=name, rows=rows))
         reads = [src for src in head.inputs if src not in reads] + [r for r in reads if r != group.head]
     writes = (root.name,) if not group.head or in_place else (group.head, root.name)
     # Elements are independent (a reduction's are not: its rows add into one output), so a
@@ -341,7 +336,7 @@ def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True):
             loops[1] = Loop(loops[1].var, "hi", "lo")
     return Kernel(name=name, nodes=((group.head,) if group.head else ()) + group.nodes, reads=tuple(reads),
                   epilogue=epilogue, writes=writes,
-                  loops=loops, inputs=inputs, body=body, parallel=parallel, split_columns=split_columns,
+                  loops=loops, inputs=inputs, body=body, parallel=parallel, split_columns=split_columns, team=placement,
                   one_thread=_one_thread(graph, graph[group.head], capacity) if group.head else parallel is None,
                   stores=[(store, values[root.name])], accumulate=accumulate,
                   runtime=tuple(sorted(runtime)),

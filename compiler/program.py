@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ir import Graph, numel
-from .lower import PARALLEL_MIN_FLOATS, lengthen_alone_run, lower
+from .lower import PARALLEL_MIN_FLOATS, lower
 from .memory import aligned, plan_pinned, plan_program
+from .threads import TEAM_MIN_ROWS, gather_team_rows, lengthen_alone_run, team_barriers, team_pays
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Entry:
     errors: tuple        # node name of each can-fail kernel; error code k is errors[k-1]
     outputs: tuple = ()
     loss: str | None = None
+    # a team step (compiler/threads.py): per kernel, whether a barrier goes before it
+    team_barriers: tuple | None = None
 
     def used_buffers(self):
         """Buffers this entry touches, in arena order."""
@@ -50,6 +53,7 @@ class Program:
     staging: dict
     outputs: tuple
     loss: str
+    team_rows: int = 0   # a team step's fewest rows per thread (its unit of rows); 0: none
 
     @property
     def entries(self):
@@ -79,9 +83,10 @@ class Program:
 
     @property
     def gather_overlaps(self):
-        """Whether fit's batches are big enough to gather on the team: then the threads that
-        a step leaves idle gather the next batch into the other staging buffers."""
-        return _gather_overlaps(self.train.graph, self.capacity)
+        """Whether fit's batches are big enough to gather on the team and the step is not a
+        team step: then the threads that a step leaves idle gather the next batch into the
+        other staging buffers."""
+        return _gather_overlaps(self.train.graph, self.capacity) and self.train.team_barriers is None
 
 
 def _staging_size(graph, feed, capacity):
@@ -93,13 +98,19 @@ def _gather_overlaps(graph, capacity):
 
 
 def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacity: int, fusion=True,
-                 accumulation=None, keep_grads=False) -> Program:
+                 accumulation=None, keep_grads=False, team=None) -> Program:
     """Lower and plan every entry. `accumulation`: (accumulate, apply) graphs, or None;
-    `keep_grads`: pin the params' gradients (else they are temporaries like any other)."""
+    `keep_grads`: pin the params' gradients (else they are temporaries like any other);
+    `team`: make the train step a team step (compiler/threads.py) where it pays (None),
+    always (True, down to one row per thread) or never (False)."""
     accumulate, apply = accumulation or (None, None)
     extra_state = [(s, accumulate[s]) for s in accumulate.state] if accumulate else []
     pinned, top = plan_pinned(train, capacity, extra_state, keep_grads)
-    overlaps = _gather_overlaps(train, capacity)
+    team_is_auto = team is None
+    if team_is_auto:
+        team = team_pays(train, lower(train, {train.loss} | set(pinned), fusion=fusion, capacity=capacity)[0],
+                         capacity)
+    overlaps = _gather_overlaps(train, capacity) and not team
     staging = {}
     for feed in train.inputs:
         size, copies = _staging_size(train, feed, capacity), 2 if overlaps else 1
@@ -115,9 +126,12 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
     for name, graph, outputs, loss in specs:
         keep = set(outputs) | ({loss} if loss else set())
         prefix = None if name == "train" else name
-        kernels, pointers = lower(graph, keep | set(pinned), fusion=fusion, prefix=prefix, capacity=capacity)
+        kernels, pointers = lower(graph, keep | set(pinned), fusion=fusion, prefix=prefix, capacity=capacity,
+                                  team=team and name == "train")
         if name == "train" and overlaps:
             kernels = lengthen_alone_run(graph, kernels)
+        if name == "train" and team:
+            kernels = gather_team_rows(graph, kernels)
         planned, end = plan_program(graph, kernels, pinned, pinned_end, capacity, keep)
         buffers = {**{k: v for k, v in pinned.items() if k in graph.nodes}, **planned}
         for node in graph:  # in-place writes land in their target's buffer
@@ -126,13 +140,15 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
         _check_in_place_order(graph, kernels)
         errors = tuple(k.nodes[0] for k in kernels if k.can_fail)
         feeds = tuple(i for i in graph.inputs if i in keep or any(i in k.reads for k in kernels))
+        barriers = team_barriers(graph, kernels, pointers, buffers) if team and name == "train" else None
         entries[name] = Entry(name, graph, kernels, pointers, buffers, feeds, errors, tuple(outputs),
-                              loss if name in ("eval", "evaluate") else None)
+                              loss if name in ("eval", "evaluate") else None, barriers)
         top = max(top, end)
     return Program(train=entries["train"], eval=entries["eval"], evaluate=entries["evaluate"],
                    accumulate=entries.get("accumulate"), apply=entries.get("apply"),
                    capacity=capacity, arena_floats=top, pinned_floats=pinned_end, staging=staging,
-                   outputs=tuple(eval_graph.outputs), loss=train.loss)
+                   outputs=tuple(eval_graph.outputs), loss=train.loss,
+                   team_rows=(TEAM_MIN_ROWS if team_is_auto else 1) if team else 0)
 
 
 def _check_in_place_order(graph, kernels):

@@ -32,10 +32,11 @@ class CompileSpec:
     name: str
     accumulate: bool = False
     keep_grads: bool = False
+    team: bool | None = None
 
 
 def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=32, seed=0, *,
-                  fusion=True, accumulate=False, keep_grads=False, name="model", debug_dir=None):
+                  fusion=True, accumulate=False, keep_grads=False, team=None, name="model", debug_dir=None):
     """Compile a training graph to C and return a ready `Trainer`.
 
     graph: nx.DiGraph of ops (see README "The graph").
@@ -48,6 +49,9 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     keep_grads: keep every param's gradient of the last step in `trainer.grads` (else they
     are temporaries, and an SGD step W -= lr * X^T dY is added by the GEMM itself, the
     gradient never stored; the same numbers either way).
+    team: run the whole train step on the OpenMP team, each thread on its rows of the batch
+    (None: where no kernel would use the team on its own and the step is big enough to pay
+    for it; True: always, with any rows per thread; False: never). The same numbers either way.
     debug_dir: write every stage's graph and the C source there.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -59,7 +63,7 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     evaluate_graph = build_eval_graph(graph, evaluation_outputs(train), train.loss)
     accumulation = build_accumulation_graphs(graph, loss, outputs, optimizer) if accumulate else None
     program = pipeline.run("lower + memory plan", make_program, train, eval_graph, evaluate_graph, batch_size,
-                           fusion, accumulation, keep_grads)
+                           fusion, accumulation, keep_grads, team)
     fingerprint = pipeline.run("fingerprint", program_fingerprint, program)
     result = build(fingerprint, lambda: pipeline.run("emit C", emit, program, name), name)
     compiled = result.seconds - pipeline.timings.get("emit C", 0.0)
@@ -75,7 +79,7 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
                       f"this model's kernels run on one thread. Install its OpenMP runtime (libomp for "
                       f"clang) or use GCC ($CC) to use every core.", RuntimeWarning, stacklevel=2)
     spec = CompileSpec(graph, loss, tuple(train.outputs), optimizer, batch_size, seed, fusion, name, accumulate,
-                       keep_grads)
+                       keep_grads, team)
     trainer = Trainer(program, ffi, lib, spec=spec, report=report, seed=seed)
     trainer.build = result
     if debug_dir is not None:

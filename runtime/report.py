@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from nncc.compiler.lower import alone_run
+from nncc.compiler.threads import alone_run
 from nncc.compiler.ops import SOURCE, get_op
 
 

@@ -93,7 +93,8 @@ def test_fit_runs_the_longest_one_thread_stretch_while_the_team_gathers():
 def test_one_thread_kernels_move_up_only_past_kernels_they_do_not_depend_on():
     from types import SimpleNamespace
 
-    from nncc.compiler.lower import Kernel, lengthen_alone_run
+    from nncc.compiler.lower import Kernel
+    from nncc.compiler.threads import lengthen_alone_run
 
     graph = {n: SimpleNamespace(attrs={}) for n in "abcdefghw"}
     graph["w"].attrs["writes"] = "a"  # an in-place update of a

@@ -49,9 +49,14 @@ GEMM_K_BLOCK = 512
 GEMM_PARALLEL_MIN_FLOPS = 1_000_000
 
 
-def _one_thread(node, shapes):
+def matmul_flops(node, shapes):
+    """2 * M * N * K of a matmul with concrete input shapes."""
     (m, n), inner = _matmul_shape(node, shapes), _inner(node, shapes)
-    return 2 * m * n * inner < GEMM_PARALLEL_MIN_FLOPS
+    return 2 * m * n * inner
+
+
+def _one_thread(node, shapes):
+    return matmul_flops(node, shapes) < GEMM_PARALLEL_MIN_FLOPS
 
 
 def _inner(node, shapes):
@@ -61,14 +66,18 @@ def _inner(node, shapes):
 def _matmul_call(k):
     (a, b), (sa, sb) = k.args, k.in_shapes
     m, n = k.dims(k.out_shape)
-    inner = k.dims(sa)[0] if k.attrs["trans_a"] else k.dims(sa)[1]
+    lda, out = k.dims(sa)[1], k.out
+    inner = k.dims(sa)[0] if k.attrs["trans_a"] else lda
+    if k.rows:  # rows [lo, hi) of C: rows of A, or its columns when transposed
+        lo, hi = k.rows
+        m, a, out = f"{hi} - {lo}", f"{a} + {lo}" if k.attrs["trans_a"] else f"{a} + {lo} * {lda}", f"{out} + {lo} * {n}"
     operands = (f"{int(k.attrs['trans_a'])}, {int(k.attrs['trans_b'])}, {m}, {n}, {inner}, "
-                f"{a}, {k.dims(sa)[1]}, {b}, {k.dims(sb)[1]}")
+                f"{a}, {lda}, {b}, {k.dims(sb)[1]}")
     if k.alpha:
-        return f"nncc_sgemm_update({operands}, {k.alpha}, {k.out}, {n})"
+        return f"nncc_sgemm_update({operands}, {k.alpha}, {out}, {n})"
     if k.epilogue:
-        return f"nncc_sgemm_epilogue({operands}, {k.out}, {n}, {k.epilogue}, &epilogue)"
-    return f"nncc_sgemm({operands}, 0.0f, {k.out}, {n})"
+        return f"nncc_sgemm_epilogue({operands}, {out}, {n}, {k.epilogue}, &epilogue)"
+    return f"nncc_sgemm({operands}, 0.0f, {out}, {n})"
 
 
 def _matmul_samples(rng):
@@ -87,7 +96,7 @@ register(OpDef(
     reference=lambda ctx, node, a, b: _mat(a, node.attrs["trans_a"]) @ _mat(b, node.attrs["trans_b"]),
     grad=_matmul_grad, c_call=_matmul_call, library="gemm", samples=_matmul_samples, takes_epilogue=True,
     adds_scaled=lambda node, shapes: _inner(node, shapes) <= GEMM_K_BLOCK,
-    one_thread=_one_thread,
+    one_thread=_one_thread, splits_rows=True,
     doc="a @ b for 2-D operands; a weight is (in, out). trans_a/trans_b transpose an operand.",
 ))
 

@@ -59,6 +59,10 @@ class OpDef:
     # calling thread alone for any rows up to the capacity (never starts the OpenMP team):
     # fit then runs it on one thread while the others gather the next batch. None: it may.
     one_thread: Callable | None = None
+    # KERNEL: c_call honours ctx.rows = (lo, hi), C expressions: it computes rows [lo, hi) of
+    # its output alone, each value exactly as the whole call would, reading only rows [lo, hi)
+    # of a batch-shaped first input. A team step then splits the call over its threads.
+    splits_rows: bool = False
     int_inputs: tuple = ()  # input slots that take int32 (class labels); the rest take float32
     # The C routine returns 0, or 1 + the row of a bad value (labels out of range);
     # failure(graph, node, row, feeds) builds the exception the user sees.
