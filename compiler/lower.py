@@ -327,7 +327,17 @@ def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True, team=Fa
     # A reduction over the rows into columns splits its columns instead: each column is
     # still summed over all rows in row order.
     parallel = split_columns = None
-    if not group.head and BATCH in shape and numel(concrete(shape, capacity)) >= PARALLEL_MIN_FLOATS:
+    if placement == "single" and not group.head:
+        # In a team step a sum over the rows into columns splits its columns, and a loop over
+        # no rows (a bias's update) its first loop: every thread takes its share of them
+        # (the same share of the same extent in every such kernel), where there is more than
+        # one share of 16 (nncc_thread_range).
+        split = 1 if accumulate and len(loops) == 2 and store.index == loops[1].var else None
+        split = 0 if not accumulate and BATCH not in shape else split
+        if split is not None and numel(concrete(tuple(shape[d] for d in extents[split][1]), capacity)) > 16:
+            placement, split_columns = "share", loops[split].extent
+            loops[split] = Loop(loops[split].var, "hi", "lo")
+    elif not group.head and BATCH in shape and numel(concrete(shape, capacity)) >= PARALLEL_MIN_FLOATS:
         if not accumulate:
             parallel = " * ".join(ext for ext, _ in extents)
         elif len(loops) == 2 and store.index == loops[1].var:

@@ -58,7 +58,9 @@ def team_barriers(graph, kernels, pointers, buffers):
     by_rows = {pointers[node.name] for node in graph if node.shape and node.shape[0] == BATCH}
     barriers, since, after_failure = [], [], False
     for kernel in kernels:
-        touched = [(kernel.team, pointer, spans[pointer], write, kernel.team == "rows" and pointer in by_rows)
+        shared = _shared_out(kernel)
+        touched = [(kernel.team, pointer, spans[pointer], write,
+                    "rows" if kernel.team == "rows" and pointer in by_rows else shared.get(pointer))
                    for names, write in ((kernel.reads, False), (kernel.writes, True))
                    for pointer in {pointers[name] for name in names} if pointer in spans]
         barrier = after_failure or any(_clash(a, b) for a in since for b in touched)
@@ -68,13 +70,25 @@ def team_barriers(graph, kernels, pointers, buffers):
     return tuple(barriers)
 
 
+def _shared_out(kernel):
+    """pointer -> the split of a loop kernel that shares out its loop over `extent` (its
+    elements k of the buffer on the thread that takes k), for the buffers it indexes by
+    that loop alone."""
+    split = [lp.var for lp in kernel.loops if lp.extent == "hi"] if kernel.team == "share" else []
+    return {op.pointer: ("share", kernel.split_columns) for op, _ in (*kernel.inputs, *kernel.stores)
+            if split and op.index == split[0]}
+
+
 def _clash(a, b):
-    (team_a, pointer_a, span_a, write_a, rows_a), (team_b, pointer_b, span_b, write_b, rows_b) = a, b
+    """Whether two accesses (placement, pointer, span, write, split) need a barrier between
+    them: they overlap, one writes, and they may be on different threads (both on the
+    first thread, or both on the same elements of the same buffer by the same split, are not)."""
+    (team_a, pointer_a, span_a, write_a, split_a), (team_b, pointer_b, span_b, write_b, split_b) = a, b
     if not (write_a or write_b) or span_a[0] >= span_b[1] or span_b[0] >= span_a[1]:
         return False
     if team_a == team_b == "single":
         return False
-    return not (pointer_a == pointer_b and rows_a and rows_b)
+    return not (pointer_a == pointer_b and split_a is not None and split_a == split_b)
 
 
 def alone_run(kernels):

@@ -244,22 +244,21 @@ class ArgumentCache:
 
     def __init__(self, names):
         self.names = names
-        self.feeds, self.shapes, self.arrays, self.args = None, None, None, None
+        self.count, self.cached, self.arrays, self.args = -1, (), None, None
 
     def reuse(self, feeds):
-        if self.feeds is None or len(feeds) != len(self.feeds):
+        if len(feeds) != self.count:
             return None
-        for name, array in feeds.items():
-            cached = self.feeds.get(name)
-            if cached is not array or array.shape != self.shapes[name]:
+        for name, array, shape in self.cached:  # (W1: 0.31 us for two feeds, a dict of them 0.45)
+            if feeds.get(name) is not array or array.shape != shape:
                 return None
         return self.args
 
     def remember(self, feeds, arrays, n, pointers):
         """Cache the arguments, unless a feed was converted (a copy would go stale)."""
         converted = any(feeds.get(name) is not array for name, array in zip(self.names, arrays))
-        self.feeds = None if converted else dict(feeds)
-        self.shapes = {k: getattr(v, "shape", None) for k, v in feeds.items()}
+        self.count = -1 if converted else len(feeds)
+        self.cached = () if converted else tuple((name, array, array.shape) for name, array in feeds.items())
         self.arrays = arrays
         self.args = (n, *pointers)
         return self.args

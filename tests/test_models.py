@@ -406,6 +406,9 @@ def test_step_reuses_arguments_only_for_unconverted_arrays():
     first = trainer.step(x=x32, t=ts)
     x32[...] = 2.0
     assert trainer.step(x=x32, t=ts) != first
+    x32.shape = (2, 4)  # the same array object, reshaped in place: checked again, not reused
+    with pytest.raises(nncc.FeedError, match="x"):
+        trainer.step(x=x32, t=ts)
 
 
 @pytest.mark.parametrize("rows,classes", [(3, 2100), (600, 5)], ids=["wider than a block", "many blocks"])
