@@ -273,7 +273,7 @@ def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True, team=Fa
         extents = _collapse(shape, patterns)
         loops = [Loop(f"i{k}", ext) for k, (ext, _) in enumerate(extents)]
         if team:  # the first loop runs over whole rows of the batch: this thread's rows
-            placement = "rows" if shape[0] == BATCH and get_op(root.op).kind != REDUCE else "single"
+            placement = "rows" if shape and shape[0] == BATCH and get_op(root.op).kind != REDUCE else "single"
             if placement == "rows":
                 rest = extents[0][0][len(dim(BATCH)):]  # "n * 64" -> " * 64"
                 loops[0] = Loop("i0", f"row_hi{rest}", f"row_lo{rest}")
@@ -334,7 +334,8 @@ def _loop_kernel(graph, group, pointer, prefix, capacity, in_place=True, team=Fa
         # one share of 16 (nncc_thread_range).
         split = 1 if accumulate and len(loops) == 2 and store.index == loops[1].var else None
         split = 0 if not accumulate and BATCH not in shape else split
-        if split is not None and numel(concrete(tuple(shape[d] for d in extents[split][1]), capacity)) > 16:
+        if split is not None and split < len(loops) and \
+                numel(concrete(tuple(shape[d] for d in extents[split][1]), capacity)) > 16:
             placement, split_columns = "share", loops[split].extent
             loops[split] = Loop(loops[split].var, "hi", "lo")
     elif not group.head and BATCH in shape and numel(concrete(shape, capacity)) >= PARALLEL_MIN_FLOATS:

@@ -24,6 +24,7 @@ class Report:
     library: str = ""
     openmp: bool = True           # built with OpenMP; else every kernel runs on one thread
     alone: tuple = ()             # the train step's kernels during which fit gathers the next batch
+    team: dict | None = None      # a team step: kernels per placement, barriers, rows per thread
 
     def __str__(self):
         lines = [f"nncc: model {self.model!r}"]
@@ -43,6 +44,11 @@ class Report:
         for entry, name, nodes, _ in self.kernels:
             if len(nodes) > 1:
                 lines.append(f"    {entry:<5} {name}: {' + '.join(nodes)}")
+        if self.team:
+            t = self.team
+            lines.append(f"  team step        the train step runs on the whole team: {t['rows']} kernels on each "
+                         f"thread's rows (at least {t['min_rows']} each), {t['share']} shared out, "
+                         f"{t['single']} on the first thread, {t['barriers']} barrier{'' if t['barriers'] == 1 else 's'}")
         if self.alone:
             lines.append(f"  fit              the next batch is gathered on the idle threads while one runs "
                          f"{len(self.alone)} one-thread kernels: {', '.join(self.alone)}")
@@ -75,7 +81,17 @@ def make_report(model, program, timings):
     return Report(model=model, forward_ops=counters["forward"], backward_ops=counters["backward"],
                   update_ops=counters["update"], kernels=kernels, arena_bytes=4 * program.arena_floats,
                   naive_bytes=4 * program.naive_floats(), bytes_by_kind=program.bytes_by_kind(),
-                  timings=dict(timings), alone=tuple(_kernel_label(k) for k in program.train.kernels[start:stop]))
+                  timings=dict(timings), alone=tuple(_kernel_label(k) for k in program.train.kernels[start:stop]),
+                  team=_team_summary(program))
+
+
+def _team_summary(program):
+    barriers = program.train.team_barriers
+    if barriers is None:
+        return None
+    placements = Counter(k.team for k in program.train.kernels)
+    return {"rows": placements["rows"], "share": placements["share"], "single": placements["single"],
+            "barriers": sum(barriers), "min_rows": program.team_rows}
 
 
 def _kernel_label(kernel):

@@ -3,8 +3,10 @@
 Hypothesis draws the architecture (depth 1-3, widths 1-9, activations, residual
 add/sub/mul between same-width hidden layers, optional broadcast biases, inits), the loss
 (MSE or softmax cross-entropy, mean or sum), the batch capacity and the rows actually fed
-(a partial batch is allowed), fusion on or off, and the order in which the nodes are
-inserted into the nx.DiGraph (which must not matter). Each example compiles one model
+(a partial batch is allowed), fusion on or off, the team step (automatic, which never
+picks it below 32 rows, or forced: the whole step in one parallel region, rows split in
+units of 1) and the order in which the nodes are inserted into the nx.DiGraph (which must
+not matter). Each example compiles one model
 (~0.2 s), so the example count is kept small; derandomize makes the run reproducible.
 
 Tolerances are nncc.testing's (rtol 1e-4, atol 1e-5): random inits and up to 3 layers of
@@ -52,6 +54,7 @@ def mlp_specs(draw):
         batch_size=batch_size, rows=draw(st.integers(1, batch_size)),
         lr=draw(st.sampled_from([0.01, 0.03])), fusion=draw(st.booleans()),
         order_seed=draw(st.integers(0, 2**16)), data_seed=draw(st.integers(0, 2**16)),
+        team=draw(st.sampled_from([None, True])),
     )
 
 
@@ -120,5 +123,6 @@ def test_random_mlp_compiled_matches_reference(spec):
     # 1e41 and overflowed float32). A summed loss gets lr / rows: the same steps as mean.
     lr = spec["lr"] if spec["reduction"] == "mean" else spec["lr"] / spec["rows"]
     trainer = nncc.compile(graph, loss="loss", outputs=[out], optimizer=nncc.SGD(lr=lr),
-                           batch_size=spec["batch_size"], seed=spec["data_seed"], fusion=spec["fusion"])
+                           batch_size=spec["batch_size"], seed=spec["data_seed"], fusion=spec["fusion"],
+                           team=spec["team"])
     assert_matches_reference(trainer, feeds, steps=3)
