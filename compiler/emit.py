@@ -93,7 +93,7 @@ def _entry_view(entry: Entry, program: Program):
             # inside the run alone (see threads.alone_run) the thread leaves through the team's
             # end; in a team step every thread leaves after the barrier that follows
             fail = (f"code = {error_code}; goto alone_done;" if overlap and overlap[0] <= k < overlap[1]
-                    else f"code = {error_code};" if entry.team_barriers else f"return {error_code};")
+                    else f"team->code = {error_code};" if entry.team_barriers else f"return {error_code};")
             step["statement"] = f"if ((bad = {kernel.call}) != 0) {{ rt->error_index = bad - 1; {fail} }}"
         elif kernel.team == "share":
             step["statement"] = (f"{{ int64_t lo, hi; nncc_thread_share({kernel.share}, NNCC_TEAM_MIN_ROWS, &lo, &hi); "
@@ -119,6 +119,7 @@ def _entry_view(entry: Entry, program: Program):
             "signature": f"int nncc_{entry.name}(nncc_runtime *rt, float *arena, int64_t n_total{args})",
             "loss": entry.loss, "loss_pointer": entry.pointers.get(entry.loss),
             "step_loss_pointer": entry.pointers.get(g.loss),
+            "step_loss_offset": entry.buffers[g.loss].offset if g.loss in entry.buffers else None,
             "loss_mean": bool(entry.loss) and g[entry.loss].attrs.get("reduction", "mean") == "mean",
             "runtime": [{"name": r, "ctype": RUNTIME_SCALARS[r][0], "value": RUNTIME_SCALARS[r][1],
                          "doc": RUNTIME_SCALARS[r][2]}

@@ -198,7 +198,7 @@ RESERVED = set("""
     int long register restrict return short signed sizeof static struct switch typedef union unsigned
     void volatile while int32_t int64_t uint32_t uint64_t size_t NULL INFINITY NAN
     n n_total lr t rt arena bad start total loss_total steps code order rows batch shuffle drop_last
-    epilogue row0 col0 cols args row_offset inv_rows seed step row_lo row_hi lo hi thread
+    epilogue row0 col0 cols args row_offset inv_rows seed step row_lo row_hi lo hi thread threads team shared
     step_losses loss_sum kept stream j train_step shuffle_rows next first later next_rows cur these
     exp expf log logf sqrt sqrtf pow powf cos cosf tanh tanhf fabs fabsf memset memcpy
 """.split())

@@ -122,19 +122,21 @@ def test_the_team_step_is_chosen_where_it_pays():
     wide = nncc.compile(w2.model(), outputs=["logits"], batch_size=64)  # its 784 x 128 GEMMs take the team
     assert not is_team_step(wide)
     for trainer in (small, wide):
-        assert "team step" not in str(trainer.report) and "#pragma omp barrier" not in train_step_source(trainer)
+        assert "team step" not in str(trainer.report) and "train_team" not in trainer.source
 
 
-def train_step_source(trainer):
+def function_source(trainer, signature):
     source = trainer.source
-    start = source.index("static int train_step(")
+    start = source.index(signature)
     return source[start:source.index("\n}\n", start)]
 
 
 def test_w1_team_step_runs_the_batch_then_one_barrier_then_the_updates():
-    lines = train_step_source(build("w1", None)).splitlines()
-    assert sum("#pragma omp parallel" in line for line in lines) == 1
-    barriers = [i for i, line in enumerate(lines) if "#pragma omp barrier" in line]
+    trainer = build("w1", None)
+    step = function_source(trainer, "static int train_step(")
+    assert "nncc_team_run(train_team, &team, nncc_team_threads(n));" in step and "omp" not in step
+    lines = function_source(trainer, "static void train_team(").splitlines()
+    barriers = [i for i, line in enumerate(lines) if "nncc_team_barrier(threads);" in line]
     assert len(barriers) == 1
     on_rows = [i for i, line in enumerate(lines) if "row_hi - row_lo" in line]
     updates = [i for i, line in enumerate(lines) if "nncc_sgemm_update(" in line]
@@ -235,3 +237,64 @@ def test_fit_on_a_team_step_trains_each_batch_as_step_does(model, team):
     for name, value in fitted.state_dict().items():
         if name != "nncc:epoch":  # step() counts no epochs
             np.testing.assert_array_equal(value, stepped.state_dict()[name], err_msg=name)
+
+
+# -- the team's helper threads (templates/kernels/team.c.j2) ----------------------------------
+
+def test_helpers_that_fell_asleep_wake_for_the_next_step_and_two_callers_share_a_library():
+    """Helpers spin ~0.5 ms after a step, then sleep: a step after a pause wakes them. Two
+    trainers of one model share one library and its helpers: steps from two Python threads
+    at once (cffi lets go of the GIL) must each train exactly as alone (the second caller
+    runs its step on its own thread while the helpers are busy)."""
+    import threading
+    import time
+
+    serial = build("w1", False)
+    expected = [serial.step(**w1_data(32, seed=k)) for k in range(40)]
+    first = build("w1", True)
+    for k in range(3):
+        assert first.step(**w1_data(32, seed=k)) == expected[k]
+        time.sleep(0.02)  # the helpers sleep by now
+    trainers, losses = [build("w1", True), build("w1", True)], [[], []]
+
+    def train(index):
+        losses[index] = [trainers[index].step(**w1_data(32, seed=k)) for k in range(40)]
+
+    threads = [threading.Thread(target=train, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert losses == [expected, expected]
+    for trainer in trainers:
+        for name, value in serial.params.items():
+            assert np.array_equal(trainer.params[name], value), name
+
+
+HELPERS_SCRIPT = r"""
+import ctypes, gc, os, sys, time
+sys.path.insert(0, {tests!r})
+import test_team as t
+trainer = t.build("w1", True)
+before = trainer.step(**t.w1_data(32))
+pid = os.fork()
+if pid == 0:  # the child has no helpers: it starts its own (libgomp says 1 thread there)
+    ctypes.CDLL("libgomp.so.1").omp_set_num_threads(2)
+    trainer.step(**t.w1_data(32, seed=1))
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert status == 0, status
+del trainer
+gc.collect()  # the library may go: its helpers must stop first
+time.sleep(0.05)
+t.build("classifier", True).step(**t.classifier_data(48))
+print("ok")
+"""
+
+
+def test_helpers_survive_fork_and_stop_with_their_library(tmp_path):
+    import subprocess
+
+    script = HELPERS_SCRIPT.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
