@@ -189,6 +189,7 @@ def emit(program: Program, model_name="model") -> CSource:
         "shuffle_key": SHUFFLE_KEY,
         "parallel_min_floats": PARALLEL_MIN_FLOATS,
         "team_rows": program.team_rows,
+        "team_auto": program.team_auto,
     }
     declarations = ENV.get_template("declarations.h.j2").render(context)
     header = ENV.get_template("module.h.j2").render(context, declarations=declarations)

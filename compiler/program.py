@@ -54,6 +54,7 @@ class Program:
     outputs: tuple
     loss: str
     team_rows: int = 0   # a team step's fewest rows per thread (its unit of rows); 0: none
+    team_auto: bool = False  # chosen where it pays: it also times itself against one thread
 
     @property
     def entries(self):
@@ -148,7 +149,8 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
                    accumulate=entries.get("accumulate"), apply=entries.get("apply"),
                    capacity=capacity, arena_floats=top, pinned_floats=pinned_end, staging=staging,
                    outputs=tuple(eval_graph.outputs), loss=train.loss,
-                   team_rows=(TEAM_MIN_ROWS if team_is_auto else 1) if team else 0)
+                   team_rows=(TEAM_MIN_ROWS if team_is_auto else 1) if team else 0,
+                   team_auto=bool(team) and team_is_auto)
 
 
 def _check_in_place_order(graph, kernels):

@@ -298,3 +298,14 @@ def test_helpers_survive_fork_and_stop_with_their_library(tmp_path):
     script = HELPERS_SCRIPT.format(tests=str(Path(__file__).parent))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_chosen_team_step_trains_the_same_bits_on_the_team_and_alone():
+    """A team step nncc chose times itself (the first 8 calls on the team, the next 8 on the
+    calling thread alone, then the faster): the same bits all along."""
+    auto, serial = build("w1", None), build("w1", False)
+    assert auto.program.team_auto and not build("w1", True).program.team_auto
+    for k in range(40):
+        assert auto.step(**w1_data(32, seed=k)) == serial.step(**w1_data(32, seed=k)), k
+    for name, value in serial.params.items():
+        assert np.array_equal(auto.params[name], value), name
