@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import networkx as nx
 import numpy as np
 import pytest
 
@@ -23,6 +22,7 @@ from nncc.testing import assert_matches_reference
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 import classifier as w2  # noqa: E402
+import regression  # noqa: E402  W1's model: 1 -> 64 -> 64 -> 1, tanh, MSE, a plain nx.DiGraph
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,31 +39,6 @@ def at_least_two_threads():
     gomp.omp_set_num_threads(before)
 
 
-def w1_graph():
-    """W1 (benchmarks/workloads.py): 1 -> 64 -> 64 -> 1 tanh MLP, MSE, a plain nx.DiGraph."""
-    g, sizes, prev = nx.DiGraph(), (1, 64, 64, 1), "x"
-    g.add_node("x", op="input", shape=(None, 1))
-    g.add_node("y", op="input", shape=(None, 1))
-    for i, (fi, fo) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        g.add_node(f"fc{i}.W", op="param", shape=(fi, fo), init="uniform_fan_in")
-        g.add_node(f"fc{i}.b", op="param", shape=(fo,), init="uniform_fan_in", fan_in=fi)
-        g.add_node(f"fc{i}.matmul", op="matmul")
-        g.add_edge(prev, f"fc{i}.matmul", arg=0)
-        g.add_edge(f"fc{i}.W", f"fc{i}.matmul", arg=1)
-        g.add_node(f"fc{i}", op="add")
-        g.add_edge(f"fc{i}.matmul", f"fc{i}", arg=0)
-        g.add_edge(f"fc{i}.b", f"fc{i}", arg=1)
-        prev = f"fc{i}"
-        if i < len(sizes) - 1:
-            g.add_node(f"h{i}", op="tanh")
-            g.add_edge(prev, f"h{i}", arg=0)
-            prev = f"h{i}"
-    g.add_node("loss", op="mse_loss", reduction="mean")
-    g.add_edge(prev, "loss", arg=0)
-    g.add_edge("y", "loss", arg=1)
-    return g
-
-
 def classifier_graph():
     """20 -> 64 -> 64 -> 10 relu, softmax cross-entropy on int32 labels."""
     b = nncc.GraphBuilder()
@@ -76,7 +51,7 @@ def classifier_graph():
 
 def w1_data(rows, seed=0):
     x = np.random.default_rng(seed).uniform(-2, 2, size=(rows, 1)).astype(np.float32)
-    return {"x": x, "y": np.sin(2 * x).astype(np.float32)}
+    return {"x": x, "target": np.sin(2 * x).astype(np.float32)}
 
 
 def classifier_data(rows, seed=0):
@@ -86,7 +61,7 @@ def classifier_data(rows, seed=0):
 
 # name -> (graph, output, batch size, data, optimizer): plain SGD (the update in the GEMM)
 # and SGD with momentum (gradients stored, updates as loops over the params)
-MODELS = {"w1": (w1_graph, "fc3", 32, w1_data, lambda: nncc.SGD(lr=0.05)),
+MODELS = {"w1": (regression.model, "z3", 32, w1_data, lambda: nncc.SGD(lr=0.05)),
           "classifier": (classifier_graph, "logits", 48, classifier_data, lambda: nncc.SGD(lr=0.05, momentum=0.9))}
 
 
@@ -229,7 +204,7 @@ def test_fit_on_a_team_step_trains_each_batch_as_step_does(model, team):
     capacity, data = MODELS[model][2], MODELS[model][3](3 * MODELS[model][2] + 13, seed=2)
     fitted, stepped = build(model, team), build(model, team)
     assert is_team_step(fitted)
-    rows = len(data["y"])
+    rows = len(data["x"])
     history = fitted.fit(epochs=2, batch_size=capacity, shuffle=False, step_losses=True, **data)
     for epoch in range(2):
         losses = [stepped.step(**{k: v[i:i + capacity] for k, v in data.items()}) for i in range(0, rows, capacity)]
