@@ -69,9 +69,10 @@ class Kernel:
     runtime: tuple = ()
     epilogue: str | None = None  # the GEMM call that runs this loop on its output blocks
     one_thread: bool = False  # never starts the OpenMP team (rows up to the capacity)
-    # In a team step (see compiler/team.py), who runs the kernel: "rows" every thread, on its
-    # rows of the batch (row_lo, row_hi); "share" every thread, on its share of the `share`
-    # rows of the output (lo, hi); "single" the first thread. None: not a team step.
+    # In a team step (see compiler/threads.py), who runs the kernel: "rows" every thread, on
+    # its rows of the batch (row_lo, row_hi); "share" every thread, on its share of the
+    # `share` rows of a routine's output (lo, hi) or of a loop's `split_columns`; "single"
+    # the first thread. None: not a team step.
     team: str | None = None
     share: str | None = None
     # routine calls
@@ -112,7 +113,7 @@ def lower(graph: Graph, keep, fusion=True, prefix=None, capacity=1, team=False):
     """Kernels of `graph` in execution order. `keep`: nodes that must be materialised;
     `capacity`: the most rows a call can have (loops that never reach PARALLEL_MIN_FLOATS
     at that size stay serial, without even a run-time test); `team`: kernels for a team
-    step (compiler/team.py), each run on its rows of the batch where it can.
+    step (compiler/threads.py), each run on its rows of the batch where it can.
 
     Loop kernels are named <phase>_<root node> (phase fwd, bwd, upd) or update_<target>
     for in-place writes; `prefix` (the entry, for entries other than the train step) goes

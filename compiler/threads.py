@@ -1,11 +1,12 @@
-"""How a train step uses the OpenMP team beyond the kernels that split their own work.
+"""How a train step uses the threads beyond the kernels that split their own work.
 
 Two schedules, never both:
-- a *team step*: where no kernel would start the team (every GEMM small, every loop short),
-  the whole step runs in one parallel region: kernels over the batch take each thread's
-  rows, GEMMs whose output rows are not the batch take each thread's share of them, the
-  rest runs on the first thread, with a barrier wherever a kernel touches memory that
-  another thread touched since the last one (`team_barriers`);
+- a *team step*: where no kernel would start the OpenMP team (every GEMM small, every loop
+  short), the whole step runs on all threads at once (templates/kernels/team.c.j2): kernels
+  over the batch take each thread's rows, GEMMs whose output rows are not the batch each
+  thread's share of them, sums over the rows and loops over params each thread's share of
+  their elements, the rest runs on the first thread, with a barrier wherever a kernel
+  touches memory that another thread touched since the last one (`team_barriers`);
 - fit's gather overlap: the step's longest run of one-thread kernels runs on one thread
   while the others gather the next batch (`alone_run`, `lengthen_alone_run`).
 """
@@ -15,8 +16,10 @@ from .ir import BATCH, concrete
 from .ops import get_op
 from .ops.linalg import matmul_flops
 
-# A team step pays when its matmuls do at least this many flops at the batch capacity: a
-# fork/join and a barrier cost ~0.8 us on 2 cores, about 100k flops of GEMM.
+# A team step pays when its matmuls do at least this many flops at the batch capacity: on 2
+# cores it costs ~2 us beyond its arithmetic (fork, join, a barrier, and the cache lines
+# the threads trade: W1, 800k flops, 10.9 us alone, ~9 on the team), the time of ~250k
+# flops of small GEMMs on one core. (The step also times itself against one thread.)
 TEAM_MIN_FLOPS = 400_000
 # and only for at least this many rows per thread (NNCC_TEAM_MIN_ROWS in module.c.j2).
 TEAM_MIN_ROWS = 16
@@ -51,9 +54,10 @@ def gather_team_rows(graph, kernels):
 def team_barriers(graph, kernels, pointers, buffers):
     """Per kernel of a team step, whether a barrier goes before it: where it reads or writes
     arena memory (planned buffers share memory) that a kernel since the last barrier wrote,
-    or writes memory such a kernel read, unless both run on the first thread or both touch
-    the same batch buffer on their own rows. After a kernel that can fail, always (every
-    thread then learns of the failure at once)."""
+    or writes memory such a kernel read, unless both run on the first thread, or both touch
+    the same batch buffer on their own rows, or the same buffer's elements by the same split
+    of the same extent. After a kernel that can fail, always (every thread then learns of
+    the failure at once)."""
     spans = {pointers[node]: (b.offset, b.offset + b.size) for node, b in buffers.items()}
     by_rows = {pointers[node.name] for node in graph if node.shape and node.shape[0] == BATCH}
     barriers, since, after_failure = [], [], False
@@ -71,9 +75,8 @@ def team_barriers(graph, kernels, pointers, buffers):
 
 
 def _shared_out(kernel):
-    """pointer -> the split of a loop kernel that shares out its loop over `extent` (its
-    elements k of the buffer on the thread that takes k), for the buffers it indexes by
-    that loop alone."""
+    """pointer -> ("share", extent) for the buffers that a loop kernel sharing out its loop
+    over `extent` indexes by that loop alone: each thread touches its own elements of them."""
     split = [lp.var for lp in kernel.loops if lp.extent == "hi"] if kernel.team == "share" else []
     return {op.pointer: ("share", kernel.split_columns) for op, _ in (*kernel.inputs, *kernel.stores)
             if split and op.index == split[0]}
