@@ -22,6 +22,7 @@ from nncc.testing import assert_matches_reference
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 import classifier as w2  # noqa: E402
+import norm_dropout  # noqa: E402  W4's layers
 import regression  # noqa: E402  W1's model: 1 -> 64 -> 64 -> 1, tanh, MSE, a plain nx.DiGraph
 
 
@@ -284,3 +285,22 @@ def test_the_chosen_team_step_trains_the_same_bits_on_the_team_and_alone():
         assert auto.step(**w1_data(32, seed=k)) == serial.step(**w1_data(32, seed=k)), k
     for name, value in serial.params.items():
         assert np.array_equal(auto.params[name], value), name
+
+
+def test_a_team_step_with_layer_norm_dropout_batch_norm_and_adam_trains_the_serial_bits():
+    """W4's layers (examples/norm_dropout.py) at a small size: LayerNorm and BatchNorm run on
+    the first thread, dropout's masks are drawn per element on any thread, Adam's moments
+    and BatchNorm's running stats are updated on shares: the state after every step is
+    bitwise the serial step's."""
+    def build_small(team):
+        return nncc.compile(norm_dropout.model(features=20, hidden=48), outputs=norm_dropout.outputs,
+                            optimizer=nncc.Adam(lr=1e-3), batch_size=40, seed=5, team=team)
+
+    team, serial = build_small(True), build_small(False)
+    assert is_team_step(team)
+    for k, rows in enumerate([40, 40, 23, 40]):
+        feeds = classifier_data(rows, seed=k)
+        assert team.step(**feeds) == serial.step(**feeds), k
+        for name, value in serial.state_dict().items():
+            np.testing.assert_array_equal(team.state_dict()[name], value, err_msg=f"{name} after step {k}")
+    np.testing.assert_array_equal(team.predict(x=feeds["x"])["logits"], serial.predict(x=feeds["x"])["logits"])
