@@ -304,3 +304,56 @@ def test_a_team_step_with_layer_norm_dropout_batch_norm_and_adam_trains_the_seri
         for name, value in serial.state_dict().items():
             np.testing.assert_array_equal(team.state_dict()[name], value, err_msg=f"{name} after step {k}")
     np.testing.assert_array_equal(team.predict(x=feeds["x"])["logits"], serial.predict(x=feeds["x"])["logits"])
+
+
+RACES_SCRIPT = r"""
+import ctypes, os, signal, sys, threading
+sys.path.insert(0, {tests!r})
+import numpy as np
+import nncc
+import test_team as t
+
+def build(team):
+    return nncc.compile(t.regression.model(), loss="loss", outputs=["z3"], optimizer=nncc.SGD(lr=0.01),
+                        batch_size=64, seed=3, team=team)
+
+team, serial, other = build(True), build(False), build(True)  # other: the same library and helpers
+feeds = t.w1_data(64)
+stop = False
+
+def steps():
+    while not stop:
+        other.step(**feeds)
+
+stepping = threading.Thread(target=steps)
+stepping.start()
+for trial in range(8):  # forks that catch the other thread in a step, now and then
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)
+        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(2)
+        serial.load_state_dict(team.state_dict())
+        same = all(team.step(**feeds) == serial.step(**feeds) for _ in range(20))
+        os._exit(0 if same and all(np.array_equal(team.params[n], v) for n, v in serial.params.items()) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, (trial, status)
+stop = True
+stepping.join()
+x = np.random.default_rng(0).uniform(-2, 2, size=(4_000_000, 1)).astype(np.float32)
+data = {{"x": x, "target": np.sin(2 * x)}}
+threading.Thread(target=lambda: team.fit(epochs=100, batch_size=64, shuffle=False, **data), daemon=True).start()
+print("ok", flush=True)  # and exit while the daemon thread is in fit: the destructor waits for its step
+"""
+
+
+def test_forks_and_exits_in_the_middle_of_other_threads_steps_neither_hang_nor_differ():
+    """With 3 threads: a child forked while another thread runs a team step starts with a
+    clean barrier; the process exits while a daemon thread is in fit (the library's
+    destructor waits for the step in flight, then stops the helpers)."""
+    import os
+    import subprocess
+
+    script = RACES_SCRIPT.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "3"})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
