@@ -56,6 +56,9 @@ def parse_args(argv):
     b.add_argument("--batch-size", type=int, default=None, help="override the model's batch_size")
     b.add_argument("--seed", type=int, default=0, help="seed of the initial params (default 0)")
     b.add_argument("--no-fusion", action="store_true", help="one kernel per op (for debugging)")
+    b.add_argument("--team", choices=("auto", "on", "off"), default="auto",
+                   help="run the whole train step on all threads, each on its rows of the batch: auto (where no "
+                        "kernel uses the threads on its own and the step is big enough; default), on, off")
     b.add_argument("--debug-dir", type=Path, default=None, help="dump the graph after every pass, and the C")
     return parser.parse_args(argv)
 
@@ -86,7 +89,8 @@ def main(argv=None):
     try:
         trainer = nncc.compile(model["graph"], loss=model.get("loss", "loss"), outputs=model.get("outputs"),
                                optimizer=model.get("optimizer"), batch_size=args.batch_size or model.get("batch_size", 32),
-                               seed=args.seed, fusion=not args.no_fusion, name=name, debug_dir=args.debug_dir)
+                               seed=args.seed, fusion=not args.no_fusion, name=name, debug_dir=args.debug_dir,
+                               team={"auto": None, "on": True, "off": False}[args.team])
     except nncc.NNCCError as exc:
         raise SystemExit(f"nncc: {args.model}: {exc}") from None
     (out / f"{name}.c").write_text(trainer.source)

@@ -21,6 +21,15 @@ def test_build_writes_the_c_the_library_the_report_and_the_graph(tmp_path, capsy
     assert (out / "train_graph.dot").read_text().startswith("digraph")
 
 
+def test_team_flag_decides_the_team_step(tmp_path, capsys):
+    """regression.py (W1's shape) is a team step by default; --team off makes none, --team on
+    forces one on a batch too small for the automatic choice."""
+    for flags, team in (([], True), (["--team", "off"], False), (["--batch-size", "8", "--team", "on"], True),
+                        (["--batch-size", "8"], False)):
+        assert main(["build", str(EXAMPLES / "regression.py"), "--out", str(tmp_path), *flags]) == 0
+        assert ("  team step " in capsys.readouterr().out) == team, flags
+
+
 def test_train_prints_a_falling_loss_per_epoch(tmp_path, capsys):
     assert main(["build", str(EXAMPLES / "regression.py"), "--out", str(tmp_path), "--train", "--epochs", "3"]) == 0
     losses = [float(line.split("loss")[1].split()[0]) for line in capsys.readouterr().out.splitlines()
@@ -46,5 +55,5 @@ def test_a_bad_model_file_is_one_clear_line(tmp_path, contents, message):
 def test_help_explains_the_command_and_its_environment():
     out = subprocess.run([sys.executable, "-m", "nncc", "build", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for text in ("model.py must define", "--check", "--train", "examples:", "CC ", "NNCC_CACHE_DIR"):
+    for text in ("model.py must define", "--check", "--train", "--team", "examples:", "CC ", "NNCC_CACHE_DIR"):
         assert text in out, text
