@@ -91,7 +91,12 @@ W2_SHAPES = [
     (64, 128, 784, "NN"), (64, 10, 128, "NN"), (128, 10, 64, "TN"), (64, 128, 10, "NT"),
     (784, 128, 64, "TN"),
 ]
-SHAPE_SETS = {"default": SHAPES, "w1": W1_SHAPES, "w2": W2_SHAPES}
+# W4's big five (784 -> 512 -> 512 -> 10 at batch 128): forward, input gradient, updates.
+W4_SHAPES = [
+    (128, 512, 784, "NN"), (128, 512, 512, "NN"), (128, 512, 512, "NT"), (784, 512, 128, "TN"),
+    (512, 512, 128, "TN"),
+]
+SHAPE_SETS = {"default": SHAPES, "w1": W1_SHAPES, "w2": W2_SHAPES, "w4": W4_SHAPES}
 
 
 def build(workdir):
@@ -243,7 +248,7 @@ def main():
     ap.add_argument("--tries", type=int, default=8,
                     help="re-runs of a round disturbed by other processes")
     ap.add_argument("--shapes", choices=sorted(SHAPE_SETS), default="default",
-                    help="shape set: default, or the GEMMs of a W1 / W2 train step")
+                    help="shape set: default (W3 and 1024^3), or the GEMMs of a W1 / W2 train step, or W4's big five")
     args = ap.parse_args()
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:

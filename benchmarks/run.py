@@ -19,7 +19,7 @@ again, interleaved). Every raw result, disturbed or not, is in the --json file.
 numpy's OpenBLAS is slowed down by OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: the numpy and
 torch processes run without them; nncc's processes get the environment unchanged.
 
-    python benchmarks/run.py                      # full run, 3 rounds (~5-10 min)
+    python benchmarks/run.py                      # full run, 5 rounds (~6-12 min)
     python benchmarks/run.py --quick              # smoke run (~1-2 min)
     python benchmarks/run.py --workloads W2,E1 --frameworks nncc,numpy --rounds 5 --json out.json
 """
@@ -274,8 +274,9 @@ def main(argv=None):
                     help="comma-separated subset of W1,W2,W3,W4,E1 (default: all)")
     ap.add_argument("--frameworks", default=",".join(ALL_FRAMEWORKS),
                     help="comma-separated subset of nncc,numpy,torch (default: all; torch skipped if not importable)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds of interleaved measurements (default 3; 1 "
-                                                              "with --quick)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds of interleaved measurements (default 5: this "
+                                                              "machine's speed flips for seconds at a time, and a median "
+                                                              "of 3 was decided by two unlucky rounds; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="fast smoke run: 1 round, short windows, "
                                                           "time to first step for W2 only, no extra rounds")
     ap.add_argument("--json", metavar="OUT", help="write every raw result and the summary to this file")
@@ -295,7 +296,7 @@ def main(argv=None):
     bad = [w for w in workloads if w not in ALL_WORKLOADS] + [f for f in frameworks if f not in ALL_FRAMEWORKS]
     if bad:
         ap.error(f"unknown workload(s)/framework(s): {bad}")
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
     if rounds < 1:
         ap.error("--rounds must be >= 1")
     extra_rounds = args.extra_rounds if args.extra_rounds is not None else (0 if args.quick else 2)
