@@ -239,6 +239,8 @@ def _team_placement(graph, node, team):
 
 def _call_kernel(graph, node, pointer, capacity, team):
     opdef = get_op(node.op)
+    if opdef.c_call is None:  # an op that `expand` or `eval_mode` replaces in every program
+        raise AssertionError(f"internal error: op {node.op!r} ({node.name!r}) has no C routine to lower to")
     placement, share, rows = _team_placement(graph, node, team)
     call = opdef.c_call(KernelCall(node, graph, pointer, rows=rows))
     return Kernel(name=f"{node.op}:{node.name}", nodes=(node.name,), reads=tuple(node.inputs),

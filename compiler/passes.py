@@ -1,7 +1,7 @@
 """Graph-to-graph passes and the pipeline that runs them, in one flat list.
 
-Each pass is a pure function Graph -> Graph. `check=True` re-validates after each pass and
-asserts the reference interpreter gives the same numbers before and after it.
+Each pass is a pure function Graph -> Graph; `Pipeline` times them (and keeps each stage's
+graph for `nncc.compile(debug_dir=...)`).
 """
 from __future__ import annotations
 
@@ -41,6 +41,24 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
     return graph.with_nodes(nodes).replace(grads=grads)
 
 
+def expand_composite_ops(graph: Graph) -> Graph:
+    """Replace each node whose op has an `expand` form by that form, under the node's own
+    name: consumers, outputs and grads still read it. After autodiff, before CSE."""
+    b = GradBuilder(graph)
+    nodes = []
+    for node in graph:
+        expand = get_op(node.op).expand
+        if expand is None:
+            nodes.append(node)
+            continue
+        del b.nodes[node.name]
+        b.names.taken.discard(node.name)
+        b.new, b.phase = [], node.phase
+        expand(b, node, node.name)
+        nodes.extend(b.new)
+    return graph.with_nodes(nodes)
+
+
 def eliminate_dead_code(graph: Graph) -> Graph:
     """Drop nodes no root depends on (params, inputs and state are kept: they are the interface)."""
     live = graph.ancestors(roots(graph)) | set(graph.params) | set(graph.inputs) | set(graph.state)
@@ -75,8 +93,10 @@ def differentiated_graph(user_graph, loss, outputs, pipeline=None) -> Graph:
 
 
 def optimized(graph, pipeline=None) -> Graph:
+    """expand -> CSE -> DCE."""
     p = pipeline or Pipeline()
-    return p.run("dce", eliminate_dead_code, p.run("cse", eliminate_common_subexpressions, graph))
+    g = p.run("expand", expand_composite_ops, graph)
+    return p.run("dce", eliminate_dead_code, p.run("cse", eliminate_common_subexpressions, g))
 
 
 def build_train_graph(user_graph, loss, outputs, optimizer, pipeline=None) -> Graph:

@@ -201,6 +201,31 @@ def test_w4_matches_the_reference_over_10_steps_masks_included():
     nncc.testing.assert_matches_reference(trainer, small_data(32), steps=10)
 
 
+def test_norms_expand_after_autodiff_and_the_backward_reads_the_forwards_normalised_input():
+    """layer_norm and batch_norm become normalize(x) * gain + bias in the train step, under
+    their own names; CSE leaves one normalize per norm, read by the forward and by the gain's
+    gradient, and the values are those of the unexpanded graph (reference, float64)."""
+    from nncc.compiler.interpreter import Interpreter
+    from nncc.compiler.passes import differentiated_graph, eliminate_dead_code, optimized
+
+    graph = small_w4(p=0.0)
+    unexpanded = eliminate_dead_code(differentiated_graph(graph, "loss", ["logits"]))
+    expanded = optimized(differentiated_graph(graph, "loss", ["logits"]))
+    ops = [n.op for n in expanded]
+    assert "layer_norm" not in ops and "batch_norm" not in ops
+    assert ops.count("layer_normalize") == 1 and ops.count("batch_normalize") == 1
+    for norm in ("ln", "bn"):
+        assert expanded[norm].op == "add" and expanded[norm].inputs == (f"{norm}/scaled", f"{norm}.bias")
+        readers = [n.name for n in expanded if f"{norm}/normalized" in n.inputs]
+        assert readers == [f"{norm}/scaled", f"d{norm}/mul"]  # the forward's affine, the gain's gradient
+    interp, data = Interpreter(graph, "loss", ["logits"]), small_data(16)
+    before, after = interp.run(unexpanded, data), interp.run(expanded, data)
+    for name in ("ln", "bn", "logits", "loss"):
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    for param, grad in unexpanded.grads.items():
+        np.testing.assert_array_equal(after[expanded.grads[param]], before[grad], err_msg=param)
+
+
 def test_batch_norm_needs_two_rows_in_training():
     trainer = nncc.compile(small_w4(), outputs=["logits"], batch_size=16)
     with pytest.raises(FeedError, match=r"batch_norm 'bn' needs at least 2 rows"):

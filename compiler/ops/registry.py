@@ -30,7 +30,8 @@ class OpDef:
     c_expr: for ELEMENTWISE ops, a C expression; `{0}`, `{1}` are the input values and
         `{attr}` an attribute formatted as a float literal. `n` is the batch size and
         names in `runtime` (e.g. `lr`) are run-time scalars.
-    c_call(ctx) -> C statement(s) for KERNEL ops; see lower.KernelCall for ctx fields.
+    c_call(ctx) -> C statement(s) for KERNEL ops; see lower.KernelCall for ctx fields (none
+        for an op that `expand` and `eval_mode` replace in every program: batch_norm).
     library: kernels/<library>.c.j2 holding the routine a KERNEL op calls (or a tuple of them).
     samples(rng) -> list of (inputs, attrs) used by the registry-generated tests.
     """
@@ -70,6 +71,10 @@ class OpDef:
     runtime: tuple = ()     # run-time scalars the C code reads (e.g. "lr")
     samples: Callable | None = None
     eval_mode: Callable | None = None  # (b, node) -> name computing the node in eval mode
+    # (b, node, name) -> the train step's forward form of the node, built of other ops, its
+    # last one named `name` (the node's own). Run after autodiff (the op's own backward
+    # stays) and before CSE, which merges what the two share (a norm's normalised input).
+    expand: Callable | None = None
     state: Callable | None = None      # (b, node) adds persistent state and its train-step updates
     doc: str = ""
 
