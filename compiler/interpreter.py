@@ -56,15 +56,28 @@ class Interpreter:
     """
 
     def __init__(self, graph, loss="loss", outputs=None, optimizer=None, seed=0):
-        self.optimizer = optimizer or SGD(lr=0.01)
-        self.train_graph = build_train_graph(graph, loss, outputs, self.optimizer)
+        optimizer = optimizer or SGD(lr=0.01)
+        self._start(build_train_graph(graph, loss, outputs, optimizer), optimizer, seed)
         self.eval_graph = build_eval_graph(graph, self.train_graph.outputs)
-        self.lr = self.optimizer.lr
+
+    @classmethod
+    def of_stage(cls, graph, seed=0):
+        """An interpreter of one of the pipeline's graphs as it stands (train mode, SGD's
+        default rate, no eval graph): what the pipeline's check mode runs."""
+        interp = cls.__new__(cls)
+        interp._start(graph, SGD(lr=0.01), seed)
+        return interp
+
+    def _start(self, train_graph, optimizer, seed):
+        self.optimizer = optimizer
+        self.train_graph = train_graph
+        self.eval_graph = None
+        self.lr = optimizer.lr
         self.global_step = 0
         self.seed = self.shuffle_seed = seed
         self.epoch = 0
         self.accumulated_rows = 0
-        g = self.train_graph
+        g = train_graph
         self.state = {name: initial_value(g[name], seed).astype(np.float64)
                       for name in (*g.params, *g.state)}
 

@@ -1,7 +1,9 @@
 """Graph-to-graph passes and the pipeline that runs them, in one flat list.
 
-Each pass is a pure function Graph -> Graph; `Pipeline` times them (and keeps each stage's
-graph for `nncc.compile(debug_dir=...)`).
+Each pass is a pure function Graph -> Graph; `Pipeline` times them, keeps each stage's graph
+for `nncc.compile(debug_dir=...)` and, in check mode (`check_passes=True`), validates each
+new graph and asserts the reference interpreter gives the same numbers before and after
+the pass (compiler/check.py).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from .autodiff import GradBuilder, differentiate
+from .check import check_pass
 from .ir import BATCH, FORWARD, UPDATE, Graph
 from .load import infer_shapes, load, validate_training
 from .ops import SOURCE, get_op
@@ -72,6 +75,7 @@ class Pipeline:
     timings: dict = field(default_factory=dict)
     stages: list = field(default_factory=list)
     keep_stages: bool = False
+    check: bool = False
 
     def run(self, name, fn, *args):
         start = time.perf_counter()
@@ -79,6 +83,8 @@ class Pipeline:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
         if self.keep_stages:
             self.stages.append((name, result))
+        if self.check and isinstance(result, Graph) and args and isinstance(args[0], Graph):
+            check_pass(name, args[0], result)
         return result
 
 

@@ -36,7 +36,8 @@ class CompileSpec:
 
 
 def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=32, seed=0, *,
-                  fusion=True, accumulate=False, keep_grads=False, team=None, name="model", debug_dir=None):
+                  fusion=True, accumulate=False, keep_grads=False, team=None, name="model", debug_dir=None,
+                  check_passes=False):
     """Compile a training graph to C and return a ready `Trainer`.
 
     graph: nx.DiGraph of ops (see README "The graph").
@@ -53,11 +54,14 @@ def compile_graph(graph, loss="loss", outputs=None, optimizer=None, batch_size=3
     (None: where no kernel would use the team on its own and the step is big enough to pay
     for it; True: always, with any rows per thread; False: never). The same numbers either way.
     debug_dir: write every stage's graph and the C source there.
+    check_passes: validate the graph after every pass and check that the reference
+    interpreter computes the same numbers before and after it (compiler/check.py; for
+    debugging nncc, and in its tests).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     optimizer = optimizer or SGD(lr=0.01)
-    pipeline = Pipeline(keep_stages=debug_dir is not None)
+    pipeline = Pipeline(keep_stages=debug_dir is not None, check=check_passes)
     train = build_train_graph(graph, loss, outputs, optimizer, pipeline)
     eval_graph = pipeline.run("eval graph", build_eval_graph, graph, train.outputs)
     evaluate_graph = build_eval_graph(graph, evaluation_outputs(train), train.loss)

@@ -124,5 +124,5 @@ def test_random_mlp_compiled_matches_reference(spec):
     lr = spec["lr"] if spec["reduction"] == "mean" else spec["lr"] / spec["rows"]
     trainer = nncc.compile(graph, loss="loss", outputs=[out], optimizer=nncc.SGD(lr=lr),
                            batch_size=spec["batch_size"], seed=spec["data_seed"], fusion=spec["fusion"],
-                           team=spec["team"])
+                           team=spec["team"], check_passes=True)
     assert_matches_reference(trainer, feeds, steps=3)
