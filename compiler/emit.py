@@ -15,7 +15,7 @@ from .lower import PARALLEL_MIN_FLOATS, dim
 from .ops import get_op
 from .program import Entry, Program, row_size
 from .random import SHUFFLE_KEY
-from .threads import alone_run
+from .threads import TEAM_MIN_ROWS, alone_run
 
 PRELUDE_LIBRARIES = ("vmath", "schedule", "random")  # always included: expressions call into them
 # The GEMM's files in templates/kernels, in the order they are put together (declarations
@@ -78,29 +78,18 @@ def _entry_view(entry: Entry, program: Program):
                 "shape": "[" + ", ".join(dim(d) for d in g[b.node].shape) + "]", "node": b.node}
                for b in entry.used_buffers()]
     overlap = alone_run(entry.kernels) if entry is program.train and program.gather_overlaps else None
-    steps, error_code = [], 0
+    steps, segment, error_code = [], [], 0
     for k, kernel in enumerate(entry.kernels):
-        step = {"comment": kernel.comment}
-        if kernel.epilogue:
-            fields = ", ".join(["n"] + [p for _, p in _params(kernel)])
-            step["statement"] = (f"{{ const struct {kernel.name}_args epilogue = {{{fields}}}; "
-                                 f"{kernel.epilogue}; }}")
-        elif kernel.is_loop:
-            args = ["n"] + [p for _, p in _params(kernel)]
-            step["statement"] = f"{kernel.name}({', '.join(args)});"
-        elif kernel.can_fail:
+        if kernel.can_fail:
             error_code += 1
-            # inside the run alone (see threads.alone_run) the thread leaves through the team's
-            # end; in a team step every thread leaves after the barrier that follows
-            fail = (f"code = {error_code}; goto alone_done;" if overlap and overlap[0] <= k < overlap[1]
-                    else f"team->code = {error_code};" if entry.team_barriers else f"return {error_code};")
-            step["statement"] = f"if ((bad = {kernel.call}) != 0) {{ rt->error_index = bad - 1; {fail} }}"
-        elif kernel.team == "share":
-            step["statement"] = (f"{{ int64_t lo, hi; nncc_thread_share({kernel.share}, NNCC_TEAM_MIN_ROWS, &lo, &hi); "
-                                 f"{kernel.call}; }}")
-        else:
-            step["statement"] = f"{kernel.call};"
-        steps.append(step)
+        alone = overlap and overlap[0] <= k < overlap[1]
+        # inside the run alone (see threads.alone_run) the thread leaves through the team's
+        # end; in a team step (or segment) every thread leaves after the barrier that follows
+        fail = (f"code = {error_code}; goto alone_done;" if alone
+                else f"team->code = {error_code};" if entry.team_barriers else f"return {error_code};")
+        steps.append(_step(kernel, fail))
+        if alone and entry.segment:
+            segment.append(_step(entry.segment[k - overlap[0]], f"code = {error_code};"))
     for f in feeds:
         f["staging"] = program.staging.get(f["name"]) if entry is program.train else None
     outputs = [{"name": o, "pointer": entry.pointers[o], "row": row_size(g, o)} for o in entry.outputs]
@@ -111,10 +100,10 @@ def _entry_view(entry: Entry, program: Program):
     return {"name": entry.name, "feeds": feeds, "buffers": buffers, "steps": steps,
             "overlap": overlap and {"before": steps[:overlap[0]], "alone": steps[overlap[0]:overlap[1]],
                                     "after": steps[overlap[1]:],
-                                    "fails": any(k.can_fail for k in entry.kernels[overlap[0]:overlap[1]])},
-            "team": entry.team_barriers is not None and {
-                "blocks": _team_blocks(entry, steps), "rows": any(k.team == "rows" for k in entry.kernels),
-                "single": any(k.team == "single" for k in entry.kernels)},
+                                    "fails": any(k.can_fail for k in entry.kernels[overlap[0]:overlap[1]]),
+                                    "segment": entry.segment and _team_view(entry.segment, entry.segment_barriers,
+                                                                            segment)},
+            "team": entry.team_barriers is not None and _team_view(entry.kernels, entry.team_barriers, steps),
             "can_fail": error_code > 0, "outputs": outputs,
             "signature": f"int nncc_{entry.name}(nncc_runtime *rt, float *arena, int64_t n_total{args})",
             "loss": entry.loss, "loss_pointer": entry.pointers.get(entry.loss),
@@ -126,19 +115,37 @@ def _entry_view(entry: Entry, program: Program):
                         for r in sorted({r for k in entry.kernels for r in k.runtime})]}
 
 
-def _team_blocks(entry, steps):
-    """A team step's statements in blocks: each starts after a barrier (or not), runs on
-    every thread or on the first, and checks for a failure before it where one may have
-    happened."""
+def _step(kernel, fail):
+    """A kernel's comment and C statement; `fail`: what a failing call does after saving
+    the bad row."""
+    if kernel.epilogue:
+        fields = ", ".join(["n"] + [p for _, p in _params(kernel)])
+        statement = f"{{ const struct {kernel.name}_args epilogue = {{{fields}}}; {kernel.epilogue}; }}"
+    elif kernel.is_loop:
+        statement = f"{kernel.name}({', '.join(['n'] + [p for _, p in _params(kernel)])});"
+    elif kernel.can_fail:
+        statement = f"if ((bad = {kernel.call}) != 0) {{ rt->error_index = bad - 1; {fail} }}"
+    elif kernel.team == "share":
+        statement = f"{{ int64_t lo, hi; nncc_thread_share({kernel.share}, NNCC_TEAM_MIN_ROWS, &lo, &hi); {kernel.call}; }}"
+    else:
+        statement = f"{kernel.call};"
+    return {"comment": kernel.comment, "statement": statement}
+
+
+def _team_view(kernels, barriers, steps):
+    """Statements run by a team (a team step, or step()'s segment) in blocks: each starts
+    after a barrier (or not), runs on every thread or on the first, and checks for a
+    failure before it where one may have happened."""
     blocks = []
-    for k, (kernel, step) in enumerate(zip(entry.kernels, steps)):
-        barrier, single = entry.team_barriers[k], kernel.team == "single"
+    for k, (kernel, step) in enumerate(zip(kernels, steps)):
+        barrier, single = barriers[k], kernel.team == "single"
         if blocks and not barrier and blocks[-1]["single"] == single:
             blocks[-1]["steps"].append(step)
         else:
             blocks.append({"barrier": barrier, "single": single, "steps": [step],
-                           "check": k > 0 and entry.kernels[k - 1].can_fail})
-    return blocks
+                           "check": k > 0 and kernels[k - 1].can_fail})
+    return {"blocks": blocks, "rows": any(k.team == "rows" for k in kernels),
+            "single": any(k.team == "single" for k in kernels)}
 
 
 def _loop_view(kernel):
@@ -167,7 +174,7 @@ def emit(program: Program, model_name="model") -> CSource:
                     libraries.append(name)
     loops = []
     for entry in program.entries:
-        for kernel in entry.kernels:
+        for kernel in (*entry.kernels, *(entry.segment or ())):
             if kernel.is_loop:
                 view = _loop_view(kernel)
                 if kernel.accumulate:
@@ -189,6 +196,7 @@ def emit(program: Program, model_name="model") -> CSource:
         "shuffle_key": SHUFFLE_KEY,
         "parallel_min_floats": PARALLEL_MIN_FLOATS,
         "team_rows": program.team_rows,
+        "segment_rows": TEAM_MIN_ROWS,
         "team_auto": program.team_auto,
     }
     declarations = ENV.get_template("declarations.h.j2").render(context)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .ir import Graph, numel
 from .lower import PARALLEL_MIN_FLOATS, lower
 from .memory import aligned, plan_pinned, plan_program
-from .threads import TEAM_MIN_ROWS, gather_team_rows, lengthen_alone_run, team_barriers, team_pays
+from .threads import TEAM_MIN_ROWS, gather_team_rows, lengthen_alone_run, team_barriers, team_pays, team_segment
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class Entry:
     loss: str | None = None
     # a team step (compiler/threads.py): per kernel, whether a barrier goes before it
     team_barriers: tuple | None = None
+    # step()'s team segment (compiler/threads.py): the team's versions of the kernels of the
+    # run that fit gives one thread, and per kernel whether a barrier goes before it
+    segment: tuple | None = None
+    segment_barriers: tuple | None = None
 
     def used_buffers(self):
         """Buffers this entry touches, in arena order."""
@@ -142,8 +146,13 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
         errors = tuple(k.nodes[0] for k in kernels if k.can_fail)
         feeds = tuple(i for i in graph.inputs if i in keep or any(i in k.reads for k in kernels))
         barriers = team_barriers(graph, kernels, pointers, buffers) if team and name == "train" else None
+        segment = segment_barriers = None
+        if name == "train" and overlaps:
+            segment = team_segment(graph, kernels, lower(graph, keep | set(pinned), fusion=fusion, prefix="segment",
+                                                         capacity=capacity, team=True)[0])
+            segment_barriers = segment and team_barriers(graph, segment, pointers, buffers)
         entries[name] = Entry(name, graph, kernels, pointers, buffers, feeds, errors, tuple(outputs),
-                              loss if name in ("eval", "evaluate") else None, barriers)
+                              loss if name in ("eval", "evaluate") else None, barriers, segment, segment_barriers)
         top = max(top, end)
     return Program(train=entries["train"], eval=entries["eval"], evaluate=entries["evaluate"],
                    accumulate=entries.get("accumulate"), apply=entries.get("apply"),

@@ -8,7 +8,9 @@ Two schedules, never both:
   their elements, the rest runs on the first thread, with a barrier wherever a kernel
   touches memory that another thread touched since the last one (`team_barriers`);
 - fit's gather overlap: the step's longest run of one-thread kernels runs on one thread
-  while the others gather the next batch (`alone_run`, `lengthen_alone_run`).
+  while the others gather the next batch (`alone_run`, `lengthen_alone_run`); step(), with
+  nothing to gather, runs that run on all threads as a team segment (`team_segment`), with
+  the team step's placements and barriers.
 """
 from __future__ import annotations
 
@@ -105,6 +107,17 @@ def alone_run(kernels):
                 best = (start, k)
             start = k + 1
     return best
+
+
+def team_segment(graph, kernels, team_kernels):
+    """step()'s versions of the kernels of the run that fit gives one thread (`alone_run`):
+    the team step's (`team_kernels`, lowered with team placements), so that step(), with no
+    batch to gather, runs that stretch on all threads (W2: the small GEMMs on each thread's
+    rows, the loss on the first; ~13.6 us alone). None where no kernel of it splits."""
+    start, stop = alone_run(kernels)
+    by_nodes = {k.nodes: k for k in team_kernels}
+    segment = tuple(by_nodes[k.nodes] for k in kernels[start:stop])
+    return segment if any(k.team != "single" for k in segment) else None
 
 
 def lengthen_alone_run(graph, kernels):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from nncc.compiler.threads import alone_run
+from nncc.compiler.threads import TEAM_MIN_ROWS, alone_run
 from nncc.compiler.ops import SOURCE, get_op
 
 
@@ -25,6 +25,7 @@ class Report:
     openmp: bool = True           # built with OpenMP; else every kernel runs on one thread
     alone: tuple = ()             # the train step's kernels during which fit gathers the next batch
     team: dict | None = None      # a team step: kernels per placement, barriers, rows per thread
+    segment: dict | None = None   # step()'s team segment (the same counts), where fit gathers
 
     def __str__(self):
         lines = [f"nncc: model {self.model!r}"]
@@ -52,6 +53,11 @@ class Report:
         if self.alone:
             lines.append(f"  fit              the next batch is gathered on the idle threads while one runs "
                          f"{len(self.alone)} one-thread kernels: {', '.join(self.alone)}")
+        if self.segment:
+            t = self.segment
+            lines.append(f"  step             runs those on the whole team: {t['rows']} on each thread's rows (at "
+                         f"least {t['min_rows']} each), {t['share']} shared out, {t['single']} on the first thread, "
+                         f"{t['barriers']} barrier{'' if t['barriers'] == 1 else 's'}")
         lines.append(f"  arena            {_kib(self.arena_bytes)} (naive sum of buffers {_kib(self.naive_bytes)})")
         for kind, size in sorted(self.bytes_by_kind.items()):
             lines.append(f"    {kind:<20}{_kib(size):>12}")
@@ -82,16 +88,17 @@ def make_report(model, program, timings):
                   update_ops=counters["update"], kernels=kernels, arena_bytes=4 * program.arena_floats,
                   naive_bytes=4 * program.naive_floats(), bytes_by_kind=program.bytes_by_kind(),
                   timings=dict(timings), alone=tuple(_kernel_label(k) for k in program.train.kernels[start:stop]),
-                  team=_team_summary(program))
+                  team=_placements(program.train.kernels, program.train.team_barriers, program.team_rows),
+                  segment=_placements(program.train.segment, program.train.segment_barriers, TEAM_MIN_ROWS))
 
 
-def _team_summary(program):
-    barriers = program.train.team_barriers
+def _placements(kernels, barriers, min_rows):
+    """Kernels per placement and barriers of a team step or segment (None: there is none)."""
     if barriers is None:
         return None
-    placements = Counter(k.team for k in program.train.kernels)
+    placements = Counter(k.team for k in kernels)
     return {"rows": placements["rows"], "share": placements["share"], "single": placements["single"],
-            "barriers": sum(barriers), "min_rows": program.team_rows}
+            "barriers": sum(barriers), "min_rows": min_rows}
 
 
 def _kernel_label(kernel):

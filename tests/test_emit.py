@@ -74,8 +74,10 @@ def test_fit_runs_the_longest_one_thread_stretch_while_the_team_gathers():
     src = trainer.source
     assert "while one runs 10 one-thread kernels: fwd_logits, nncc_xent_loss," in str(trainer.report)
     step = src[src.index("static int train_step("):src.index("int nncc_train_step(")]
-    before, region = step.split("#pragma omp parallel if (next != NULL)")
-    alone, after = region.split("nncc_gather_rows(next);")
+    before, region = step.split("#pragma omp parallel\n")
+    fit, rest = region.split("} else {  /* step()")
+    alone = fit.split("nncc_gather_rows(next);")[0]
+    segment, after = rest.split("    if (code)\n        return code;")
     gemm = r"nncc_sgemm\w*\(\d, \d, (\w+), (\w+), (\w+),"
     flops = [2 * np.prod([64 if d == "n" else int(d) for d in dims]) for dims in re.findall(gemm, alone)]
     assert len(flops) == 3 and max(flops) < GEMM_PARALLEL_MIN_FLOPS
@@ -84,8 +86,18 @@ def test_fit_runs_the_longest_one_thread_stretch_while_the_team_gathers():
     assert "784, 128, 784" not in alone and "nncc_sgemm_epilogue(0, 0, n, 128, 784" in before
     assert "nncc_sgemm_update(1, 0, 784, 128, n" in after
     assert "goto alone_done;" in alone and "return 1;" not in alone
+    # step(), with nothing to gather, runs the same kernels on every thread: the small GEMMs
+    # over the batch on each thread's rows, logits.W's update on each thread's share of its
+    # rows, the loss on the first thread, a barrier after each label check
+    assert "nncc_sgemm_epilogue(0, 0, row_hi - row_lo, 10, 128, h + row_lo * 128" in segment
+    assert "nncc_sgemm_epilogue(0, 1, row_hi - row_lo, 128, 10" in segment
+    assert "nncc_thread_share(128, NNCC_TEAM_MIN_ROWS, &lo, &hi); nncc_sgemm_update(1, 0, hi - lo, 10" in segment
+    assert segment.count("code = 1; }") == 1 and "goto alone_done" not in segment
+    assert segment.count("#pragma omp barrier") == 4 and segment.count("goto segment_done;") == 2
+    assert ("step             runs those on the whole team: 2 on each thread's rows (at least 16 each), 3 shared "
+            "out, 5 on the first thread, 4 barriers") in str(trainer.report)
     small = nncc.compile(classifier.model(), outputs=["logits"], batch_size=8)
-    assert "nncc_gather *next" not in small.source and "omp parallel if (next" not in small.source
+    assert "nncc_gather *next" not in small.source and "#pragma omp parallel\n" not in small.source
     assert "float *const x_batch[] = {(float *)(arena + " in small.source and "cur ^ 1" not in small.source
     assert "one-thread kernels" not in str(small.report)
 

@@ -335,6 +335,30 @@ def test_fit_gathers_batches_on_the_team_with_the_same_bits_as_one_thread():
         np.testing.assert_allclose(steps2[epoch], want["step_loss"][epoch], rtol=1e-4, atol=1e-6)
 
 
+def test_steps_run_fits_one_thread_stretch_on_every_thread_with_the_same_bits():
+    """step(), with no batch to gather, runs the kernels that fit gives one thread on every
+    thread (a team segment: rows, shares, the loss on the first): the bits of one thread, for
+    a full batch, a partial one (the second thread's rows short) and one too small to split;
+    a bad label in the second thread's rows is reported by its row, and the next step trains."""
+    data = classifier.data(rows=64, seed=3)
+
+    def run():
+        trainer = nncc.compile(classifier.model(), outputs=["logits"], optimizer=nncc.SGD(lr=0.05), batch_size=64)
+        assert "step(): every thread" in trainer.source
+        losses = [trainer.step(**{k: v[:rows] for k, v in data.items()}) for rows in (64, 64, 20, 5, 64)]
+        bad = {k: v.copy() for k, v in data.items()}
+        bad["y"][50] = 10
+        with pytest.raises(FeedError, match=r"label 10 at row 50 "):
+            trainer.step(**bad)
+        losses.append(trainer.step(**data))
+        return losses, trainer.state_dict()
+
+    (losses1, state1), (losses2, state2) = on_1_and_2_threads(run)
+    assert losses1 == losses2
+    for name in state1:
+        np.testing.assert_array_equal(state1[name], state2[name], err_msg=name)
+
+
 def test_fit_trains_each_batch_as_step_does():
     """fit's double-buffered batches (the next gathered during a step) are the batches in
     order, the last one partial: bitwise the losses and weights of step() on slices."""
