@@ -148,7 +148,7 @@ def make_program(train: Graph, eval_graph: Graph, evaluate_graph: Graph, capacit
         barriers = team_barriers(graph, kernels, pointers, buffers) if team and name == "train" else None
         segment = segment_barriers = None
         if name == "train" and overlaps:
-            segment = team_segment(graph, kernels, lower(graph, keep | set(pinned), fusion=fusion, prefix="segment",
+            segment = team_segment(kernels, lower(graph, keep | set(pinned), fusion=fusion, prefix="segment",
                                                          capacity=capacity, team=True)[0])
             segment_barriers = segment and team_barriers(graph, segment, pointers, buffers)
         entries[name] = Entry(name, graph, kernels, pointers, buffers, feeds, errors, tuple(outputs),

@@ -109,7 +109,7 @@ def alone_run(kernels):
     return best
 
 
-def team_segment(graph, kernels, team_kernels):
+def team_segment(kernels, team_kernels):
     """step()'s versions of the kernels of the run that fit gives one thread (`alone_run`):
     the team step's (`team_kernels`, lowered with team placements), so that step(), with no
     batch to gather, runs that stretch on all threads (W2: the small GEMMs on each thread's
