@@ -55,7 +55,7 @@ def _random_feeds(graph, seed):
         node = graph[name]
         shape = (ROWS, *node.shape[1:])
         if node.dtype == "int32":
-            classes = min(graph[graph[u].inputs[0]].shape[-1] for u in users[name])
+            classes = min((graph[graph[u].inputs[0]].shape[-1] for u in users[name]), default=1)  # unread: any
             feeds[name] = rng.integers(0, classes, size=shape)
         else:
             feeds[name] = rng.normal(size=shape)
